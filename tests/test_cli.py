@@ -1,0 +1,93 @@
+"""The atlasd console script: subcommands, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from known_groups import so2
+
+from atlasd.cli import main
+from atlasd.group import DiscoveredGroup
+
+
+@pytest.fixture
+def group_file(tmp_path):
+    cosets = torch.stack([torch.eye(2), torch.diag(torch.tensor([1.0, -1.0]))])
+    return DiscoveredGroup(so2(), cosets=cosets, metadata={"dataset": "o2"}).save(
+        tmp_path / "group.json"
+    )
+
+
+def test_show_prints_summary_and_writes_plot(group_file, capsys):
+    assert main(["show", str(group_file)]) == 0
+    out = capsys.readouterr().out
+    assert "DiscoveredGroup(dim=1, d=2, n_components=2)" in out
+    assert "[+0.000, -1.000]" in out
+    png = group_file.with_suffix(".png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_show_json_and_custom_plot_path(group_file, tmp_path, capsys):
+    assert main(["show", str(group_file), "--json", "true", "--plot", str(tmp_path / "p.png")]) == 0
+    assert '"format": "atlasd.group/1"' in capsys.readouterr().out
+    assert (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["show", "/nonexistent/group.json"], 1, "no group file at /nonexistent/group.json"),
+        (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+        (["check", "--seed", "x"], 2, "Expected a <class 'int'>"),
+        (["show", "g.json", "--config", "/nonexistent.yaml"], 2, "invalid arguments"),
+    ],
+)
+def test_errors_exit_nonzero_with_one_line(argv, code, message, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and err.startswith("atlasd: error:")
+
+
+def test_malformed_group_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "atlasd.group/1", "algebra": [[[0, 1]')
+    assert main(["show", str(bad)]) == 1
+    assert "malformed JSON" in capsys.readouterr().err
+
+
+def test_config_file_and_print_config(tmp_path, group_file, capsys):
+    cfg = tmp_path / "show.yaml"
+    cfg.write_text(f"group: {group_file}\nno_plot: true\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["show", "--config", str(cfg), "--print_config"])
+    assert exc.value.code == 0
+    assert f"group: {group_file}" in capsys.readouterr().out
+    assert main(["show", "--config", str(cfg)]) == 0
+
+
+def test_check_reports_measured_errors(capsys):
+    assert main(["check", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    values = {line.split()[0]: float(line.split()[1]) for line in out.strip().splitlines()}
+    assert values["rot90_error"] < 1e-5
+    assert values["composition_error"] < 1e-2
+    assert values["centre_error"] < 1e-5
+
+
+def test_console_script_is_installed(group_file):
+    exe = shutil.which("atlasd") or str(
+        __import__("pathlib").Path(sys.executable).with_name("atlasd")
+    )
+    res = subprocess.run(
+        [exe, "show", str(group_file), "--no_plot", "true"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "n_components=2" in res.stdout
