@@ -3,6 +3,7 @@
 Every subcommand takes ``--config FILE.yaml`` and ``--print_config`` (jsonargparse), so a run is
 reproducible from its config. Failures exit non-zero with a one-line reason on stderr.
 
+    atlasd discover --config configs/heat.yaml [--seed N] [--seeds [0,1,2]] [--run_dir DIR]
     atlasd show  DIR/group.json [--plot PATH]     print a group's summary and write its plot
     atlasd check [--seed N]                       measure the geometry conventions here
 """
@@ -37,6 +38,42 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subcommands(dest="command", required=True)
 
+    disc = _subparser("Discover the symmetry group of a task's data and write DIR/group.json.")
+    disc.add_argument("--task", type=str, default="heat", help="dataset name (atlasd.datasets)")
+    disc.add_argument("--data", type=dict, default={}, help="keyword arguments of the DataModule")
+    disc.add_argument("--discovery.n_generators", type=int, default=1)
+    disc.add_argument("--discovery.cosets", type=bool, default=True)
+    disc.add_argument("--discovery.learn_in_rep", type=bool, default=False)
+    disc.add_argument("--discovery.learn_out_rep", type=bool, default=False)
+    disc.add_argument("--discovery.out_radius", type=int | None, default=None)
+    disc.add_argument("--discovery.training", type=dict, default={}, help="DiscoveryConfig fields")
+    disc.add_argument("--seed", type=int, default=0)
+    disc.add_argument(
+        "--seeds",
+        type=list[int] | None,
+        default=None,
+        help="several seeds: one run each in DIR/seed_N and a summary",
+    )
+    disc.add_argument(
+        "--run_dir", type=str | None, default=None, help="output folder (default runs/<task>)"
+    )
+    disc.add_argument(
+        "--logger",
+        type=str,
+        default="wandb",
+        help="'wandb' (offline unless an API key is set; WANDB_MODE=disabled turns it off) "
+        "or 'none'",
+    )
+    disc.add_argument("--wandb_project", type=str, default="atlasd")
+    disc.add_argument(
+        "--progress",
+        type=bool | None,
+        default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )
+    _add_trainer_arguments(disc)
+    sub.add_subcommand("discover", disc, help="run discovery on a task and save the group")
+
     show = _subparser("Print a DiscoveredGroup's summary and write its plot.")
     show.add_argument("group", type=str, help="path to a group.json file")
     show.add_argument(
@@ -54,6 +91,33 @@ def build_parser() -> ArgumentParser:
     check.add_argument("--radius", type=int, default=10)
     sub.add_subcommand("check", check, help="self-check of the chart and action conventions")
     return parser
+
+
+_TRAINER_SKIP = {
+    "logger",
+    "callbacks",
+    "plugins",
+    "enable_checkpointing",
+    "default_root_dir",
+    "model_registry",
+}
+
+
+def _add_trainer_arguments(parser: ArgumentParser) -> None:
+    """Every Lightning Trainer option as --trainer.NAME, passed to each stage's Trainer."""
+    import lightning
+
+    parser.add_class_arguments(lightning.Trainer, "trainer", skip=_TRAINER_SKIP)
+
+
+def _trainer_overrides(given) -> dict:
+    """The --trainer.* options the user changed from Lightning's defaults."""
+    import inspect
+
+    import lightning
+
+    params = inspect.signature(lightning.Trainer.__init__).parameters
+    return {k: v for k, v in vars(given).items() if k in params and v != params[k].default}
 
 
 def _version() -> str:
@@ -96,7 +160,185 @@ def _cmd_check(cfg) -> int:
     return 0 if ok else 1
 
 
-_COMMANDS = {"show": _cmd_show, "check": _cmd_check}
+def _cmd_discover(cfg, trainer: dict) -> int:
+    import statistics
+
+    from atlasd.io import write_json_atomic
+
+    run_dir = Path(cfg.run_dir or f"runs/{cfg.task}")
+    seeds = cfg.seeds if cfg.seeds else [cfg.seed]
+    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    results = []
+    for seed in seeds:
+        out = run_dir / f"seed_{seed}" if len(seeds) > 1 else run_dir
+        results.append(_discover_one(cfg, seed, out, trainer, progress))
+    if len(seeds) > 1:
+        sims = [r["similarity_to_truth"] for r in results if "similarity_to_truth" in r]
+        summary = {"task": cfg.task, "seeds": seeds, "runs": results}
+        if sims:
+            summary["similarity_mean"] = statistics.fmean(sims)
+            summary["similarity_sd"] = statistics.stdev(sims) if len(sims) > 1 else 0.0
+            print(
+                f"similarity to the ground truth over {len(sims)} seeds: "
+                f"{summary['similarity_mean']:.4f} +- {summary['similarity_sd']:.4f}"
+            )
+        write_json_atomic(run_dir / "summary.json", summary)
+    return 0
+
+
+def _wandb_logger(cfg, run_dir: Path, seed: int):
+    """A Lightning WandbLogger writing under run_dir; offline unless an API key is configured
+    (runs sync later with `wandb sync`), None when disabled. Never waits on a network."""
+    import os
+
+    if cfg.logger == "none" or os.environ.get("WANDB_MODE") == "disabled":
+        return None
+    if cfg.logger != "wandb":
+        raise ValueError(f"logger must be 'wandb' or 'none', got {cfg.logger!r}")
+    from lightning.pytorch.loggers import WandbLogger
+
+    offline = os.environ.get("WANDB_MODE") == "offline" or not os.environ.get("WANDB_API_KEY")
+    return WandbLogger(
+        project=cfg.wandb_project,
+        name=f"{cfg.task}-seed{seed}",
+        save_dir=str(run_dir),
+        offline=offline,
+        config={
+            "task": cfg.task,
+            "seed": seed,
+            "data": dict(cfg.data),
+            "discovery": {k: v for k, v in vars(cfg.discovery).items() if k != "training"},
+            "training": dict(cfg.discovery.training),
+        },
+    )
+
+
+def _log_summary(logger, group, metrics: dict, run_dir: Path) -> None:
+    """Final figures of a run on its wandb dashboard: metrics, the group plot, the coset table."""
+    import torch
+    import wandb
+
+    run = logger.experiment
+    summary = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    summary.update({f"wall_time_s/{k}": v for k, v in metrics["wall_time_s"].items()})
+    run.summary.update(summary)
+    rows = [
+        [i, float(torch.linalg.det(h)), str([[round(v, 3) for v in r] for r in h.tolist()])]
+        for i, h in enumerate(group.cosets)
+    ]
+    table = wandb.Table(columns=["component", "det", "representative"], data=rows)
+    run.log(
+        {
+            "group/plot": wandb.Image(str(run_dir / "group.png")),
+            "group/cosets": table,
+            **{f"final/{k}": v for k, v in summary.items()},
+        }
+    )
+    run.finish()
+
+
+def _coerce(options: dict) -> dict:
+    """Values given on the command line (--data.n 500) arrive as strings; read them as YAML."""
+    import yaml
+
+    return {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in options.items()}
+
+
+def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) -> dict:
+    """One discovery run into run_dir: group.json, group.png, metrics.json, config.json."""
+    import time
+
+    import atlasd
+    from atlasd.datasets import make_datamodule
+    from atlasd.group import DiscoveredGroup
+    from atlasd.io import write_json_atomic
+
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dm = make_datamodule(cfg.task, **_coerce(cfg.data))
+    dm.setup()
+    data_time = time.perf_counter() - start
+    training = _coerce(cfg.discovery.training)
+    training.setdefault("run_dir", str(run_dir))
+    training["progress"] = progress
+    wandb_logger = _wandb_logger(cfg, run_dir, seed)
+    extra = dict(trainer)
+    if wandb_logger is not None:
+        extra["logger"] = wandb_logger
+    if extra:
+        training["trainer_kwargs"] = {**training.get("trainer_kwargs", {}), **extra}
+    disc = cfg.discovery
+    kind = getattr(dm, "kind", "local")
+    common = dict(n_generators=disc.n_generators, cosets=disc.cosets, seed=seed, **training)
+    if kind == "local":
+        group = atlasd.discover_local(
+            dm.x,
+            dm.y,
+            atlas=dm.atlas,
+            out_radius=disc.out_radius,
+            learn_in_rep=disc.learn_in_rep,
+            learn_out_rep=disc.learn_out_rep,
+            **common,
+        )
+    elif kind == "global":
+        group = atlasd.discover_global(dm.x, dm.y, **common)
+    else:
+        group = atlasd.discover_distribution(dm.x, **common)
+
+    metrics: dict = {
+        "task": cfg.task,
+        "seed": seed,
+        "dim": group.dim,
+        "n_components": group.n_components,
+    }
+    truth = getattr(dm, "ground_truth", None)
+    if truth is not None:
+        metrics["similarity_to_truth"] = group.similarity(truth["algebra"])
+        expected = truth.get("cosets")
+        if expected is not None:
+            tol = group.metadata.get("membership_tol")
+            found = [bool(group.contains(h, tol=tol)) for h in expected]
+            metrics["truth_cosets_found"] = found
+            metrics["cosets_match_truth"] = all(found) and group.n_components == len(expected)
+        group = DiscoveredGroup(
+            group.algebra,
+            cosets=group.cosets,
+            in_rep=group.in_rep,
+            out_rep=group.out_rep,
+            metadata={
+                **group.metadata,
+                "dataset": cfg.task,
+                "similarity_to_truth": metrics["similarity_to_truth"],
+            },
+            standardize=False,
+        )
+    meta = group.metadata
+    metrics["wall_time_s"] = {
+        "data": data_time,
+        **meta.get("wall_time_s", {}),
+        "total": time.perf_counter() - start,
+    }
+    metrics["losses"] = {
+        "basis_per_epoch": meta.get("basis", {}).get("equivariance_loss_per_epoch"),
+        "predictor_val": meta.get("predictor", {}).get("val_loss"),
+        "coset_identity": meta.get("cosets", {}).get("identity_loss"),
+    }
+    group.save(run_dir / "group.json")
+    group.plot(run_dir / "group.png")
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    if wandb_logger is not None:
+        _log_summary(wandb_logger, group, metrics, run_dir)
+    print(group.summary())
+    sim = metrics.get("similarity_to_truth")
+    print(
+        f"run folder: {run_dir}  |  seed {seed}  |  "
+        + (f"similarity to truth {sim:.4f}  |  " if sim is not None else "")
+        + f"{group.n_components} component(s)  |  {metrics['wall_time_s']['total']:.1f} s"
+    )
+    return metrics
+
+
+_COMMANDS = {"show": _cmd_show, "check": _cmd_check, "discover": _cmd_discover}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,8 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"invalid arguments: {_one_line(exc)}")
         return 2
     try:
-        return _COMMANDS[cfg.command](cfg[cfg.command])
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        sub = cfg[cfg.command]
+        if cfg.command == "discover":
+            return _cmd_discover(sub, _trainer_overrides(sub.trainer))
+        return _COMMANDS[cfg.command](sub)
+    except (ValueError, OSError, KeyError, RuntimeError, FloatingPointError) as exc:
         _fail(_one_line(exc))
         return 1
 

@@ -33,7 +33,7 @@ import torch
 from atlasd import lie
 from atlasd.io import write_atomic, write_json_atomic
 
-__all__ = ["FORMAT", "DiscoveredGroup", "load_group"]
+__all__ = ["FORMAT", "DiscoveredGroup", "load_group", "render_generators"]
 
 FORMAT = "atlasd.group/1"
 _F64 = torch.float64
@@ -355,6 +355,31 @@ class DiscoveredGroup:
         buffer = io.BytesIO()
         fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=110)
         return write_atomic(path, buffer.getvalue())
+
+
+def render_generators(generators: torch.Tensor, title: str = "") -> Any:
+    """Heatmaps of generators (k, d, d) as an RGBA image, a (H, W, 4) uint8 numpy array (for
+    dashboards). Headless: an Agg canvas, no pyplot state."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    gens = torch.as_tensor(generators, dtype=_F64).detach().cpu().numpy()
+    k = gens.shape[0]
+    fig = Figure(figsize=(2.4 * k + 0.4, 2.6), constrained_layout=True)
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(1, k, squeeze=False)[0]
+    vmax = max(float(abs(gens).max()), 1e-12)
+    for i, ax in enumerate(axes):
+        ax.imshow(gens[i], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        ax.set_title(f"{title} L{i}".strip(), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if gens.shape[-1] <= 6:
+            for (r, c), v in _enumerate_2d(gens[i]):
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
 
 
 def _enumerate_2d(a: Any):

@@ -1,0 +1,28 @@
+"""Datasets: LightningDataModules for the discovery tasks, synthetic generators and real loaders.
+
+Every task's DataModule exposes, after ``setup()``, the tensors ``x`` and ``y``, its ``kind``
+("local", "global" or "distribution"), its ``atlas`` for local tasks, and ``ground_truth`` (a dict
+with "algebra" (k, d, d) and "cosets" (m, d, d) tensors) where the symmetry is known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["TASKS", "make_datamodule"]
+
+# name -> "module:ClassName", imported lazily so that one task's dependencies never load another's
+TASKS: dict[str, str] = {
+    "heat": "atlasd.datasets.heat:HeatDataModule",
+}
+
+
+def make_datamodule(task: str, **kwargs: Any):
+    """Instantiate the DataModule of a registered task by name; ValueError for unknown names."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    import importlib
+
+    module_name, cls_name = TASKS[task].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**kwargs)

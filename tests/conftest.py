@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Before torch is imported by any test module: on a shared 2-core machine OpenMP's spin-waiting
+# threads make small tensor ops tens of times slower whenever another process holds a core.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(autouse=True)

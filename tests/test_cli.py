@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -91,3 +92,40 @@ def test_console_script_is_installed(group_file):
     )
     assert res.returncode == 0, res.stderr
     assert "n_components=2" in res.stdout
+
+
+def test_discover_writes_run_folder_and_offline_wandb(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = [
+        "discover", "--config", "configs/heat.yaml", "--run_dir", str(run_dir),
+        "--data.n", "48", "--discovery.training.batch_size", "8",
+        "--discovery.training.predictor_epochs", "1",
+        "--discovery.training.basis_epochs", "2",
+        "--discovery.training.coset_candidates", "2",
+        "--discovery.training.coset_steps", "2",
+        "--trainer.limit_train_batches", "3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["similarity_to_truth"] <= 1.0
+    assert {"predictors", "basis", "cosets", "total"} <= set(metrics["wall_time_s"])
+    assert len(metrics["losses"]["basis_per_epoch"]) == 2
+    group = DiscoveredGroup.load(run_dir / "group.json")
+    assert group.metadata["dataset"] == "heat" and group.metadata["atlas"]["radius"] == 14
+    assert "run folder:" in capsys.readouterr().out
+    # the offline wandb run holds the per-epoch generator heatmaps and the final summary
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    images = list(runs[0].glob("files/media/images/basis/generators_*.png"))
+    assert len(images) == 2
+    assert len(list(runs[0].glob("files/media/images/group/plot_*.png"))) == 1
+    (table,) = runs[0].glob("files/media/table/group/cosets_*.table.json")
+    table = json.loads(table.read_text())
+    assert table["columns"] == ["component", "det", "representative"]
+    assert len(table["data"]) == group.n_components
+    assert runs[0].joinpath(f"run-{runs[0].name.split('-')[-1]}.wandb").stat().st_size > 0
+
+
+def test_discover_bad_task_and_seeds(tmp_path, capsys):
+    assert main(["discover", "--task", "nope", "--run_dir", str(tmp_path)]) == 1
+    assert "unknown task 'nope'; known tasks: heat" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from atlasd.datasets.heat import (
     HeatDataModule,
     amplification_factor,

@@ -1,0 +1,617 @@
+"""The discovery entry points: discover_local and discover_global (DESIGN.md section 4).
+
+Pipeline: (1) predictors, trained on (x, y) or given as a fixed callable, frozen in eval mode;
+(2) F(x) computed once and reused (the frozen predictor's untransformed output never changes);
+(3) a LieBasis fitted so that F(g . x) ~ g . F(x); (4) coset search; (5) a DiscoveredGroup with the
+losses, timings and settings in its metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import atlasd
+from atlasd import lie
+from atlasd.atlas import Atlas, crop
+from atlasd.discovery.basis import (
+    LieBasis,
+    disc_mask,
+    global_equivariance_loss,
+    local_equivariance_loss,
+)
+from atlasd.discovery.cosets import search_cosets
+from atlasd.discovery.learner import (
+    BasisModule,
+    fit_basis,
+    quiet_lightning,
+    screen_initializations,
+)
+from atlasd.group import DiscoveredGroup
+
+__all__ = ["DiscoveryConfig", "discover_distribution", "discover_global", "discover_local"]
+
+
+@dataclass
+class DiscoveryConfig:
+    """Training settings shared by the discovery entry points (``**training`` keywords).
+
+    Stage 1 (predictors): ``predictor_epochs``, ``predictor_lr``, ``predictor_loss`` ("l1", "mse"
+    or "cross_entropy"), ``predictor_patience``, ``val_fraction``, ``hidden``.
+    Stage 2 (basis): ``init_candidates`` random starts screened before training (the best one
+    is trained; 1 disables screening), ``basis_epochs`` passes over the data, ``basis_lr``,
+    ``scale`` (std of the
+    coefficients of unit-norm generators), ``loss`` ("l1"/"mse"), ``overlap_weight``,
+    ``overlap_kind``, ``magnitude_weight``, ``magnitude_clamp``, ``normalize``.
+    Stage 3 (cosets): ``coset_candidates``, ``coset_steps``, ``coset_lr``, ``coset_batch``,
+    ``coset_threshold``, ``coset_rel_threshold``, ``coset_ref_scale``, ``merge_tol``: a
+    candidate h is kept when ``loss(h G0) <= loss_far + threshold``, where ``loss_far`` is the
+    loss of identity-component elements sampled at scale ``coset_ref_scale`` (far from the
+    identity, where a genuine coset lies) and the threshold is ``coset_threshold`` (absolute) or,
+    when None, ``coset_rel_threshold * loss_far``.
+    General: ``batch_size``, ``trainer_kwargs`` (passed to every Lightning Trainer),
+    ``run_dir`` (checkpoints), ``progress``.
+    """
+
+    batch_size: int = 16
+    predictor_epochs: int = 20
+    predictor_lr: float = 1e-3
+    predictor_loss: str = "l1"
+    predictor_patience: int = 3
+    val_fraction: float = 0.1
+    hidden: int = 16
+    basis_epochs: int = 3
+    init_candidates: int = 32
+    basis_lr: float = 1e-2
+    scale: float = 0.5
+    loss: str = "l1"
+    overlap_weight: float = 0.1
+    overlap_kind: str = "cosine"
+    magnitude_weight: float = 0.0
+    magnitude_clamp: float = 1.0
+    normalize: bool = True
+    coset_candidates: int = 16
+    coset_steps: int = 60
+    coset_lr: float = 0.05
+    coset_batch: int = 8
+    coset_threshold: float | None = None
+    coset_rel_threshold: float = 0.25
+    coset_ref_scale: float = 2.0
+    merge_tol: float = 0.15
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    run_dir: str | None = None
+    progress: bool = False
+
+    @classmethod
+    def from_kwargs(cls, training: dict[str, Any]) -> DiscoveryConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(training) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        cfg = cls(**training)
+        if cfg.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+        if cfg.scale <= 0:
+            raise ValueError(f"scale must be positive, got {cfg.scale}")
+        return cfg
+
+
+def _check_finite(t: Tensor, name: str) -> None:
+    if not torch.is_tensor(t):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {n_bad} NaN/Inf values")
+
+
+def _batched(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int = 256) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+
+def _finish(
+    basis: LieBasis,
+    coset_score: Callable[[Tensor, torch.Generator], Tensor] | None,
+    cfg: DiscoveryConfig,
+    seed: int,
+    metadata: dict[str, Any],
+) -> DiscoveredGroup:
+    """Stages 3 and 5: cosets from the fitted basis, and the DiscoveredGroup."""
+    L, r_in, r_out = (
+        None if t is None else t.detach().to(torch.float64) for t in basis.effective()
+    )
+    if not bool(torch.isfinite(L).all()):
+        raise RuntimeError("basis learning produced NaN/Inf generators; no group was written")
+    algebra = lie.standard_form(L)
+    timings = metadata.setdefault("wall_time_s", {})
+    if coset_score is not None:
+        start = time.perf_counter()
+        # Reference: the loss of identity-component elements far from the identity. An imperfect
+        # predictor is less equivariant far from the identity than near it, and a genuine
+        # coset h G0 lies far from the identity, so this (not the near-identity loss) is what a
+        # true coset representative must match.
+        gen = torch.Generator().manual_seed(seed)
+        eye = torch.eye(L.shape[-1])[None]
+        far = float(sum(coset_score(eye, gen, cfg.coset_ref_scale) for _ in range(4)) / 4)
+        threshold = (
+            cfg.coset_threshold
+            if cfg.coset_threshold is not None
+            else cfg.coset_rel_threshold * far
+        )
+        report = search_cosets(
+            coset_score,
+            algebra,
+            n_candidates=cfg.coset_candidates,
+            steps=cfg.coset_steps,
+            lr=cfg.coset_lr,
+            threshold=threshold,
+            reference=far,
+            merge_tol=cfg.merge_tol,
+            seed=seed,
+        )
+        cosets = report.pop("cosets")
+        report["far_reference_loss"] = far
+        metadata["cosets"] = report
+        timings["cosets"] = time.perf_counter() - start
+    else:
+        cosets = None
+    metadata["raw_generators"] = L.tolist()
+    metadata["membership_tol"] = cfg.merge_tol
+    metadata["versions"] = {"atlasd": atlasd.__version__, "torch": torch.__version__}
+    return DiscoveredGroup(L, cosets=cosets, in_rep=r_in, out_rep=r_out, metadata=metadata)
+
+
+def _fit(
+    basis: LieBasis,
+    objective,
+    group_shape,
+    tensors: tuple[Tensor, ...],
+    cfg: DiscoveryConfig,
+    seed: int,
+) -> dict[str, Any]:
+    module = BasisModule(
+        basis,
+        objective,
+        group_shape,
+        scale=cfg.scale,
+        lr=cfg.basis_lr,
+        overlap_weight=cfg.overlap_weight,
+        overlap_kind=cfg.overlap_kind,
+        magnitude_weight=cfg.magnitude_weight,
+        magnitude_clamp=cfg.magnitude_clamp,
+        seed=seed,
+    )
+    screening = None
+    if cfg.init_candidates > 1:
+        screening = screen_initializations(
+            module,
+            tensors,
+            n_candidates=cfg.init_candidates,
+            batch_size=min(cfg.batch_size, tensors[0].shape[0]),
+            seed=seed,
+        )
+    metrics = fit_basis(
+        module,
+        tensors,
+        batch_size=cfg.batch_size,
+        epochs=cfg.basis_epochs,
+        seed=seed,
+        trainer_kwargs={"enable_progress_bar": cfg.progress, **cfg.trainer_kwargs},
+    )
+    metrics["history"] = module.history
+    if screening is not None:
+        metrics["init_screening"] = screening
+    return metrics
+
+
+def discover_local(
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    atlas: Atlas,
+    predictor: Callable[[Tensor], Tensor] | None = None,
+    n_generators: int = 1,
+    out_radius: int | None = None,
+    learn_in_rep: bool = False,
+    learn_out_rep: bool = False,
+    cosets: bool = True,
+    seed: int = 0,
+    **training: Any,
+) -> DiscoveredGroup:
+    """Discover a local symmetry group of fields: F(g . x) ~ g . F(x) on every chart.
+
+    Args:
+        x: input fields (N, C_in, H, W).
+        y: target fields (N, C_out, H, W) (float, regression) or class maps (N, H, W) (integer:
+            classification, cross-entropy, compared as softmax probabilities in stage 2);
+            needed when ``predictor`` is None.
+        atlas: the charts (atlasd.Atlas).
+        predictor: None trains one CNN per chart on (x, y); a callable is a fixed F mapping
+            patches (B, K, C_in, h, w) -> (B, K, C_out, h', w'), odd h' <= h.
+        n_generators: k >= 1 generators (2x2, in chart coordinates).
+        out_radius: radius of the compared output crop (default: the predictor's output radius).
+        learn_in_rep, learn_out_rep: learn channel representations.
+        cosets: run the coset search.
+        seed: seeds everything (same seed -> same group).
+        **training: see DiscoveryConfig.
+
+    Returns:
+        DiscoveredGroup with (k, 2, 2) algebra; metadata holds losses and timings.
+    """
+    cfg = DiscoveryConfig.from_kwargs(training)
+    if n_generators < 1:
+        raise ValueError(f"n_generators must be >= 1, got {n_generators}")
+    if not isinstance(atlas, Atlas):
+        raise ValueError(f"atlas must be an atlasd.Atlas, got {type(atlas).__name__}")
+    _check_finite(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if y is not None:
+        _check_finite(y, "y")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    if predictor is None and y is None:
+        raise ValueError("y is needed to train predictors (or pass a fixed predictor)")
+    n = x.shape[0]
+    if n < cfg.batch_size:
+        raise ValueError(f"{n} samples is fewer than one batch of {cfg.batch_size}")
+    if out_radius is not None and not 0 <= out_radius <= atlas.radius:
+        raise ValueError(f"out_radius {out_radius} must be in 0..{atlas.radius} (the chart radius)")
+    timings: dict[str, float] = {}
+    metadata: dict[str, Any] = {
+        "kind": "local",
+        "atlas": atlas.to_dict(),
+        "seed": seed,
+        "n_samples": n,
+        "n_generators": n_generators,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "trainer_kwargs"},
+        "wall_time_s": timings,
+    }
+
+    start = time.perf_counter()
+    patches = atlas.extract(x.float())  # (N, K, C, h, w)
+    timings["extract"] = time.perf_counter() - start
+
+    if predictor is None:
+        from atlasd.discovery.predictors import ChartCNN
+        from atlasd.discovery.training import train_predictors
+
+        r_out = out_radius if out_radius is not None else max(atlas.radius - 4, 0)
+        c_out = y.shape[1] if y.ndim == 4 else int(y.max()) + 1
+        # seeded initialisation without touching the caller's global RNG state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = ChartCNN.for_radii(
+                atlas.n_charts, x.shape[1], c_out, atlas.radius, r_out, hidden=cfg.hidden
+            )
+        classes = y.ndim == 3
+        if classes and y.is_floating_point():
+            raise ValueError("y of shape (N, H, W) must hold integer class labels")
+        target = atlas.extract(y[:, None].float() if classes else y.float())
+        target = crop(target, r_out)
+        if classes:
+            # charts sample class maps by exact pixel copies on the plane, so labels stay integer
+            target = target[:, :, 0].round().long()
+        start = time.perf_counter()
+        with quiet_lightning(not cfg.progress):
+            pred_metrics = train_predictors(
+                model,
+                patches,
+                target,
+                loss="cross_entropy" if classes else cfg.predictor_loss,
+                lr=cfg.predictor_lr,
+                batch_size=cfg.batch_size,
+                max_epochs=cfg.predictor_epochs,
+                val_fraction=cfg.val_fraction,
+                patience=cfg.predictor_patience,
+                seed=seed,
+                run_dir=cfg.run_dir,
+                trainer_kwargs={"enable_progress_bar": cfg.progress, **cfg.trainer_kwargs},
+            )
+        timings["predictors"] = time.perf_counter() - start
+        metadata["predictor"] = {
+            k: v for k, v in pred_metrics.items() if isinstance(v, int | float | str | list)
+        }
+        F = model
+    else:
+        if not callable(predictor):
+            raise ValueError("predictor must be callable or None")
+        F = predictor
+
+    with torch.no_grad():
+        probe = F(patches[:2])
+    h = patches.shape[-1]
+    if not (
+        torch.is_tensor(probe)
+        and probe.ndim == 5
+        and probe.shape[:2] == patches[:2].shape[:2]
+        and probe.shape[-1] == probe.shape[-2]
+        and probe.shape[-1] % 2 == 1
+        and probe.shape[-1] <= h
+    ):
+        shape = tuple(probe.shape) if torch.is_tensor(probe) else type(probe).__name__
+        raise ValueError(
+            f"predictor returned {shape} for patches {tuple(patches[:2].shape)}; expected "
+            "(B, K, C_out, h', h') with odd h' <= h"
+        )
+    pred_radius = (probe.shape[-1] - 1) // 2
+    r_out = pred_radius if out_radius is None else out_radius
+    if r_out > pred_radius:
+        raise ValueError(
+            f"out_radius {r_out} is larger than the predictor's output radius {pred_radius}"
+        )
+
+    probabilities = predictor is None and y.ndim == 3
+
+    def predict(p: Tensor) -> Tensor:
+        out = crop(F(p), r_out)
+        # classifiers are compared on class probabilities, which transform like fields; raw
+        # logits carry an arbitrary per-pixel offset that equivariance has no reason to respect
+        return out.softmax(dim=2) if probabilities else out
+
+    start = time.perf_counter()
+    base = _batched(predict, patches)
+    timings["base_predictions"] = time.perf_counter() - start
+    mask = disc_mask(r_out)
+    kind = cfg.loss
+
+    def objective(batch, g, r_in, r_o):
+        xb, bb = batch
+        return local_equivariance_loss(predict, xb, bb, g, r_in, r_o, kind=kind, mask=mask)
+
+    basis = LieBasis(
+        n_generators,
+        2,
+        in_channels=patches.shape[2],
+        out_channels=base.shape[2],
+        learn_in_rep=learn_in_rep,
+        learn_out_rep=learn_out_rep,
+        normalize=cfg.normalize,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    start = time.perf_counter()
+    basis_metrics = _fit(
+        basis, objective, lambda b: tuple(b[0].shape[:2]), (patches, base), cfg, seed
+    )
+    timings["basis"] = time.perf_counter() - start
+    metadata["basis"] = basis_metrics
+
+    coset_score = None
+    if cosets:
+        algebra32 = lie.standard_form(basis.effective()[0].detach().double()).float()
+
+        def coset_score(hs: Tensor, gen: torch.Generator, scale: float = cfg.scale) -> Tensor:
+            n_c, b = hs.shape[0], cfg.coset_batch
+            idx = torch.randint(n, (b,), generator=gen)
+            xb, bb = patches[idx], base[idx]
+            K = xb.shape[1]
+            g0 = lie.sample_group(algebra32, (n_c, b, K), scale=scale, generator=gen)
+            g = hs[:, None, None] @ g0
+            xr = xb.repeat(n_c, 1, 1, 1, 1)
+            br = bb.repeat(n_c, 1, 1, 1, 1)
+            per = local_equivariance_loss(
+                predict,
+                xr,
+                br,
+                g.reshape(n_c * b, K, 2, 2),
+                kind=kind,
+                mask=mask,
+                per_sample=True,
+            )
+            return per.view(n_c, b).mean(1)
+
+    return _finish(basis, coset_score, cfg, seed, metadata)
+
+
+def discover_global(
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    predictor: Callable[[Tensor], Tensor] | None = None,
+    n_generators: int = 1,
+    cosets: bool = True,
+    seed: int = 0,
+    **training: Any,
+) -> DiscoveredGroup:
+    """Discover a global linear symmetry: f(g x) ~ f(x), g acting on the last axis of x.
+
+    Args:
+        x: inputs (N, ..., d), e.g. vectors (N, d) or particle sets (N, P, d).
+        y: targets (N, c) (regression) or (N,) class indices; needed when predictor is None.
+        predictor: None trains an MLP on (x, y); a callable is a fixed f: (B, ..., d) -> (B, c).
+        n_generators, cosets, seed, **training: as in discover_local.
+
+    Returns:
+        DiscoveredGroup with (k, d, d) algebra.
+    """
+    cfg = DiscoveryConfig.from_kwargs(training)
+    if n_generators < 1:
+        raise ValueError(f"n_generators must be >= 1, got {n_generators}")
+    _check_finite(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must be (N, ..., d), got shape {tuple(x.shape)}")
+    if y is not None:
+        _check_finite(y, "y")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    if predictor is None and y is None:
+        raise ValueError("y is needed to train a predictor (or pass a fixed predictor)")
+    n, d = x.shape[0], x.shape[-1]
+    if n < cfg.batch_size:
+        raise ValueError(f"{n} samples is fewer than one batch of {cfg.batch_size}")
+    timings: dict[str, float] = {}
+    metadata: dict[str, Any] = {
+        "kind": "global",
+        "seed": seed,
+        "n_samples": n,
+        "n_generators": n_generators,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "trainer_kwargs"},
+        "wall_time_s": timings,
+    }
+    x = x.float()
+    if predictor is None:
+        from atlasd.discovery.predictors import MLPPredictor
+        from atlasd.discovery.training import train_predictors
+
+        classes = not y.is_floating_point()
+        n_out = int(y.max()) + 1 if classes else (y.shape[1] if y.ndim > 1 else 1)
+        target = y if classes else y.float().reshape(n, n_out)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MLPPredictor(tuple(x.shape[1:]), n_out)
+        start = time.perf_counter()
+        with quiet_lightning(not cfg.progress):
+            pred_metrics = train_predictors(
+                model,
+                x,
+                target,
+                loss="cross_entropy" if classes else "mse",
+                lr=cfg.predictor_lr,
+                batch_size=cfg.batch_size,
+                max_epochs=cfg.predictor_epochs,
+                val_fraction=cfg.val_fraction,
+                patience=cfg.predictor_patience,
+                seed=seed,
+                run_dir=cfg.run_dir,
+                trainer_kwargs={"enable_progress_bar": cfg.progress, **cfg.trainer_kwargs},
+            )
+        timings["predictors"] = time.perf_counter() - start
+        metadata["predictor"] = {
+            k: v for k, v in pred_metrics.items() if isinstance(v, int | float | str | list)
+        }
+        F = model
+    else:
+        if not callable(predictor):
+            raise ValueError("predictor must be callable or None")
+        F = predictor
+
+    with torch.no_grad():
+        probe = F(x[:2])
+    if not (torch.is_tensor(probe) and probe.shape[0] == 2):
+        shape = tuple(probe.shape) if torch.is_tensor(probe) else type(probe).__name__
+        raise ValueError(f"predictor returned {shape} for inputs {tuple(x[:2].shape)}")
+
+    def predict(v: Tensor) -> Tensor:
+        out = F(v)
+        return out if out.ndim > 1 else out[:, None]
+
+    base = _batched(predict, x, chunk=4096)
+    kind = cfg.loss
+
+    def objective(batch, g, r_in, r_o):
+        xb, bb = batch
+        return global_equivariance_loss(predict, xb, bb, g, r_o, kind=kind)
+
+    basis = LieBasis(
+        n_generators,
+        d,
+        out_channels=base.shape[1],
+        normalize=cfg.normalize,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    start = time.perf_counter()
+    metadata["basis"] = _fit(basis, objective, lambda b: (b[0].shape[0],), (x, base), cfg, seed)
+    timings["basis"] = time.perf_counter() - start
+
+    coset_score = None
+    if cosets:
+        algebra32 = lie.standard_form(basis.effective()[0].detach().double()).float()
+
+        def coset_score(hs: Tensor, gen: torch.Generator, scale: float = cfg.scale) -> Tensor:
+            n_c, b = hs.shape[0], max(cfg.coset_batch, 64)
+            idx = torch.randint(n, (b,), generator=gen)
+            g0 = lie.sample_group(algebra32, (n_c, b), scale=scale, generator=gen)
+            g = (hs[:, None] @ g0).reshape(n_c * b, d, d)
+            xr = x[idx].repeat((n_c,) + (1,) * (x.ndim - 1))
+            br = base[idx].repeat(n_c, 1)
+            per = global_equivariance_loss(predict, xr, br, g, kind=kind, per_sample=True)
+            return per.view(n_c, b).mean(1)
+
+    return _finish(basis, coset_score, cfg, seed, metadata)
+
+
+def discover_distribution(
+    x: Tensor,
+    *,
+    n_generators: int = 1,
+    cosets: bool = False,
+    seed: int = 0,
+    blur: float = 0.05,
+    **training: Any,
+) -> DiscoveredGroup:
+    """Discover linear symmetries of a distribution: q(g x) = q(x) for samples x (N, d).
+
+    The objective is the debiased Sinkhorn divergence (geomloss, tensorized backend) between a
+    transformed batch {g_i x_i} and an *independent* batch of the data: comparing a batch with
+    its own transform would reward small transformations for the sample noise they share, so the
+    two halves of every loader batch are used as the two independent samples. ``batch_size``
+    (default 1024 here, at most ~2k for the tensorized backend) counts points per half.
+
+    Args:
+        x: samples (N, d), used as given: the group acts on the raw coordinates (centre the
+            data first if the symmetry is about the mean).
+        n_generators, cosets, seed, **training: as in discover_local.
+        blur: Sinkhorn blur (length scale of the transport cost), in units of x.
+
+    Returns:
+        DiscoveredGroup with (k, d, d) algebra.
+    """
+    from geomloss import SamplesLoss
+
+    training = {"batch_size": 1024, **training}
+    cfg = DiscoveryConfig.from_kwargs(training)
+    if n_generators < 1:
+        raise ValueError(f"n_generators must be >= 1, got {n_generators}")
+    _check_finite(x, "x")
+    if x.ndim != 2:
+        raise ValueError(f"x must be (N, d) samples, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    if n < 2 * cfg.batch_size:
+        raise ValueError(f"{n} samples is fewer than two independent batches of {cfg.batch_size}")
+    if cfg.batch_size > 4096:
+        raise ValueError(f"batch_size {cfg.batch_size} is too large for the tensorized backend")
+    x = x.float()
+    sinkhorn = SamplesLoss("sinkhorn", p=2, blur=blur, backend="tensorized")
+    metadata: dict[str, Any] = {
+        "kind": "distribution",
+        "seed": seed,
+        "n_samples": n,
+        "n_generators": n_generators,
+        "blur": blur,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "trainer_kwargs"},
+        "wall_time_s": {},
+    }
+
+    def objective(batch, g, r_in, r_o):
+        (xb,) = batch
+        half = xb.shape[0] // 2
+        moved = torch.einsum("bij,bj->bi", g[:half], xb[:half])
+        return sinkhorn(moved, xb[half : 2 * half])
+
+    basis = LieBasis(
+        n_generators, d, normalize=cfg.normalize, generator=torch.Generator().manual_seed(seed)
+    )
+    cfg2 = DiscoveryConfig(**{**asdict(cfg), "batch_size": 2 * cfg.batch_size})
+    start = time.perf_counter()
+    metadata["basis"] = _fit(basis, objective, lambda b: (b[0].shape[0],), (x,), cfg2, seed)
+    metadata["wall_time_s"]["basis"] = time.perf_counter() - start
+
+    coset_score = None
+    if cosets:
+        algebra32 = lie.standard_form(basis.effective()[0].detach().double()).float()
+        m = min(cfg.batch_size, 512)
+
+        def coset_score(hs: Tensor, gen: torch.Generator, scale: float = cfg.scale) -> Tensor:
+            idx = torch.randperm(n, generator=gen)[: 2 * m]
+            a, b = x[idx[:m]], x[idx[m:]]
+            g0 = lie.sample_group(algebra32, (hs.shape[0], m), scale=scale, generator=gen)
+            moved = torch.einsum("cij,cbjk,bk->cbi", hs, g0, a).contiguous()
+            # geomloss batches (C, m, d) point clouds: all candidates in one call
+            return sinkhorn(moved, b.expand(hs.shape[0], m, d).contiguous())
+
+    return _finish(basis, coset_score, cfg, seed, metadata)

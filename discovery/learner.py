@@ -1,0 +1,239 @@
+"""Stage 2 as a Lightning module: fit a LieBasis to an equivariance objective.
+
+The module is a thin wrapper: the objective is a plain function of a batch and sampled group
+elements (discovery/basis.py); this file adds the optimiser, logging, a per-epoch history of the
+generators, NaN detection and the Trainer plumbing (checkpoints, DDP, loggers come from Lightning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from atlasd.discovery.basis import LieBasis
+
+__all__ = ["BasisModule", "fit_basis", "quiet_lightning", "screen_initializations"]
+
+# objective(batch, g, rho_in, rho_out) -> scalar loss
+Objective = Callable[[tuple[Tensor, ...], Tensor, Tensor | None, Tensor | None], Tensor]
+
+
+@contextlib.contextmanager
+def quiet_lightning(enabled: bool = True) -> Iterator[None]:
+    """Silence Lightning's start-up chatter (accelerator lines, tips, deprecation warnings of its
+    own internals) for the duration of a fit, restoring the logging levels afterwards."""
+    if not enabled:
+        yield
+        return
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"lightning\..*")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class BasisModule(L.LightningModule):
+    """Trains ``basis`` to minimise ``objective`` + regularisers.
+
+    Args:
+        basis: the LieBasis to fit.
+        objective: plain function of (batch, g, rho_in, rho_out).
+        group_shape: function batch -> batch shape of the group elements to sample, e.g.
+            (B, K) for one element per sample and chart.
+        scale: std of the coefficients c.
+        lr: Adam learning rate; regulariser weights as in LieBasis.regularization.
+        seed: seeds the sampling of group elements (offset by the process rank under DDP).
+    """
+
+    def __init__(
+        self,
+        basis: LieBasis,
+        objective: Objective,
+        group_shape: Callable[[tuple[Tensor, ...]], tuple[int, ...]],
+        *,
+        scale: float = 0.5,
+        lr: float = 1e-2,
+        overlap_weight: float = 0.1,
+        overlap_kind: str = "cosine",
+        magnitude_weight: float = 0.0,
+        magnitude_clamp: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.basis = basis
+        self.objective = objective
+        self.group_shape = group_shape
+        self.scale = scale
+        self.lr = lr
+        self.reg = {
+            "overlap_weight": overlap_weight,
+            "overlap_kind": overlap_kind,
+            "magnitude_weight": magnitude_weight,
+            "magnitude_clamp": magnitude_clamp,
+        }
+        self.seed = seed
+        self._gen: torch.Generator | None = None
+        self.history: list[dict[str, Any]] = []
+        self._epoch_losses: list[float] = []
+
+    def on_train_start(self) -> None:
+        self._gen = torch.Generator(device=self.device).manual_seed(
+            self.seed + 1000 * self.global_rank
+        )
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        g, r_in, r_out = self.basis.sample(self.group_shape(batch), self.scale, self._gen)
+        eq = self.objective(batch, g, r_in, r_out)
+        loss = eq + self.basis.regularization(**self.reg)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"basis loss became {float(loss.detach())} at epoch {self.current_epoch}, step "
+                f"{batch_idx}; lower the learning rate or the sampling scale"
+            )
+        self.log("basis/equivariance_loss", eq, prog_bar=True, on_step=False, on_epoch=True)
+        self.log("basis/loss", loss, on_step=False, on_epoch=True)
+        self._epoch_losses.append(float(eq.detach()))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        mean = sum(self._epoch_losses) / max(len(self._epoch_losses), 1)
+        self._epoch_losses.clear()
+        generators = self.basis.effective()[0].detach().cpu()
+        self.history.append(
+            {
+                "epoch": int(self.current_epoch),
+                "equivariance_loss": mean,
+                "generators": generators.tolist(),
+            }
+        )
+        if self.logger is not None and hasattr(self.logger, "log_image"):
+            from atlasd.group import render_generators
+
+            self.logger.log_image(
+                key="basis/generators",
+                images=[render_generators(generators, f"epoch {self.current_epoch}")],
+                step=self.global_step,
+            )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = torch.optim.Adam(self.basis.parameters(), lr=self.lr)
+        # cosine decay to 5% of the rate: the objective is a noisy expectation over sampled
+        # group elements, and a constant rate leaves the generators jittering around the optimum
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.05 * self.lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def screen_initializations(
+    module: BasisModule,
+    tensors: tuple[Tensor, ...],
+    *,
+    n_candidates: int,
+    batch_size: int,
+    n_batches: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Start the basis from the best of ``n_candidates`` random initial generator sets.
+
+    The objective over normalised generators has local minima (a trained predictor can be
+    nearly invariant along a spurious direction it never saw data for), so gradient descent from
+    one random start sometimes lands in the wrong basin. Each candidate is scored, without
+    gradients, on the same ``n_batches`` batches and the same sampled coefficients (common random
+    numbers, so score differences are not sampling noise); the best replaces the module's
+    generators in place. Costs about n_candidates * n_batches / 3 training steps.
+
+    Returns {"scores": [...], "chosen": index}.
+    """
+    basis = module.basis
+    gen = torch.Generator().manual_seed(seed + 7919)
+    n = tensors[0].shape[0]
+    batches = [
+        tuple(t[idx] for t in tensors)
+        for idx in (torch.randperm(n, generator=gen)[:batch_size] for _ in range(n_batches))
+    ]
+    shape = basis.generators.shape
+    candidates = torch.randn((n_candidates, *shape), generator=gen)
+    candidates[0] = basis.generators.detach()
+    scores = []
+    original = basis.generators.detach().clone()
+    with torch.no_grad():
+        for cand in candidates:
+            basis.generators.copy_(cand / cand.flatten(1).norm(dim=1)[:, None, None])
+            total = 0.0
+            for b, batch in enumerate(batches):
+                g, r_in, r_out = basis.sample(
+                    module.group_shape(batch), module.scale, torch.Generator().manual_seed(b)
+                )
+                total += float(module.objective(batch, g, r_in, r_out))
+                total += float(basis.regularization(**module.reg))
+            scores.append(total / len(batches))
+        best = int(torch.tensor(scores).nan_to_num(float("inf")).argmin())
+        chosen = candidates[best]
+        basis.generators.copy_(
+            chosen / chosen.flatten(1).norm(dim=1)[:, None, None] if best else original
+        )
+    return {"scores": scores, "chosen": best}
+
+
+def fit_basis(
+    module: BasisModule,
+    tensors: tuple[Tensor, ...],
+    *,
+    batch_size: int,
+    epochs: int,
+    seed: int = 0,
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run stage 2 with a Lightning Trainer over ``tensors`` (shuffled, seeded).
+
+    Returns metrics: final and per-epoch equivariance loss, wall time, samples per second.
+    """
+    n = tensors[0].shape[0]
+    loader = DataLoader(
+        TensorDataset(*tensors),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=n >= batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    kwargs: dict[str, Any] = {
+        "max_epochs": epochs,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    kwargs.update(trainer_kwargs or {})
+    start = time.perf_counter()
+    with quiet_lightning(not kwargs.get("enable_progress_bar", False)):
+        trainer = L.Trainer(**kwargs)
+        trainer.fit(module, loader)
+    wall = time.perf_counter() - start
+    losses = [h["equivariance_loss"] for h in module.history]
+    return {
+        "equivariance_loss": losses[-1] if losses else float("nan"),
+        "equivariance_loss_per_epoch": losses,
+        "wall_time_s": wall,
+        "samples_per_s": n * len(losses) / wall if wall > 0 else float("nan"),
+        "epochs": len(losses),
+    }
