@@ -209,6 +209,60 @@ def _fit(
     return metrics
 
 
+def _train_stage1(
+    model: torch.nn.Module,
+    inputs: Tensor,
+    target: Tensor,
+    loss: str,
+    cfg: DiscoveryConfig,
+    seed: int,
+    metadata: dict[str, Any],
+) -> torch.nn.Module:
+    """Train predictors (stage 1) and record their metrics and wall time in metadata."""
+    from atlasd.discovery.training import train_predictors
+
+    start = time.perf_counter()
+    with quiet_lightning(not cfg.progress):
+        metrics = train_predictors(
+            model,
+            inputs,
+            target,
+            loss=loss,
+            lr=cfg.predictor_lr,
+            batch_size=cfg.batch_size,
+            max_epochs=cfg.predictor_epochs,
+            val_fraction=cfg.val_fraction,
+            patience=cfg.predictor_patience,
+            seed=seed,
+            run_dir=cfg.run_dir,
+            trainer_kwargs={"enable_progress_bar": cfg.progress, **cfg.trainer_kwargs},
+        )
+    metadata["wall_time_s"]["predictors"] = time.perf_counter() - start
+    metadata["predictor"] = {
+        k: v for k, v in metrics.items() if isinstance(v, int | float | str | list)
+    }
+    return model
+
+
+def _check_inputs(
+    x: Tensor, y: Tensor | None, predictor: Any, n_generators: int, cfg: DiscoveryConfig
+) -> None:
+    """Checks shared by the entry points; each raises ValueError naming the problem."""
+    if n_generators < 1:
+        raise ValueError(f"n_generators must be >= 1, got {n_generators}")
+    _check_finite(x, "x")
+    if y is not None:
+        _check_finite(y, "y")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    if predictor is None and y is None:
+        raise ValueError("y is needed to train predictors (or pass a fixed predictor)")
+    if predictor is not None and not callable(predictor):
+        raise ValueError("predictor must be callable or None")
+    if x.shape[0] < cfg.batch_size:
+        raise ValueError(f"{x.shape[0]} samples is fewer than one batch of {cfg.batch_size}")
+
+
 def discover_local(
     x: Tensor,
     y: Tensor | None = None,
@@ -244,22 +298,12 @@ def discover_local(
         DiscoveredGroup with (k, 2, 2) algebra; metadata holds losses and timings.
     """
     cfg = DiscoveryConfig.from_kwargs(training)
-    if n_generators < 1:
-        raise ValueError(f"n_generators must be >= 1, got {n_generators}")
     if not isinstance(atlas, Atlas):
         raise ValueError(f"atlas must be an atlasd.Atlas, got {type(atlas).__name__}")
-    _check_finite(x, "x")
+    _check_inputs(x, y, predictor, n_generators, cfg)
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
-    if y is not None:
-        _check_finite(y, "y")
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-    if predictor is None and y is None:
-        raise ValueError("y is needed to train predictors (or pass a fixed predictor)")
     n = x.shape[0]
-    if n < cfg.batch_size:
-        raise ValueError(f"{n} samples is fewer than one batch of {cfg.batch_size}")
     if out_radius is not None and not 0 <= out_radius <= atlas.radius:
         raise ValueError(f"out_radius {out_radius} must be in 0..{atlas.radius} (the chart radius)")
     timings: dict[str, float] = {}
@@ -279,7 +323,6 @@ def discover_local(
 
     if predictor is None:
         from atlasd.discovery.predictors import ChartCNN
-        from atlasd.discovery.training import train_predictors
 
         r_out = out_radius if out_radius is not None else max(atlas.radius - 4, 0)
         c_out = y.shape[1] if y.ndim == 4 else int(y.max()) + 1
@@ -297,30 +340,9 @@ def discover_local(
         if classes:
             # charts sample class maps by exact pixel copies on the plane, so labels stay integer
             target = target[:, :, 0].round().long()
-        start = time.perf_counter()
-        with quiet_lightning(not cfg.progress):
-            pred_metrics = train_predictors(
-                model,
-                patches,
-                target,
-                loss="cross_entropy" if classes else cfg.predictor_loss,
-                lr=cfg.predictor_lr,
-                batch_size=cfg.batch_size,
-                max_epochs=cfg.predictor_epochs,
-                val_fraction=cfg.val_fraction,
-                patience=cfg.predictor_patience,
-                seed=seed,
-                run_dir=cfg.run_dir,
-                trainer_kwargs={"enable_progress_bar": cfg.progress, **cfg.trainer_kwargs},
-            )
-        timings["predictors"] = time.perf_counter() - start
-        metadata["predictor"] = {
-            k: v for k, v in pred_metrics.items() if isinstance(v, int | float | str | list)
-        }
-        F = model
+        loss = "cross_entropy" if classes else cfg.predictor_loss
+        F = _train_stage1(model, patches, target, loss, cfg, seed, metadata)
     else:
-        if not callable(predictor):
-            raise ValueError("predictor must be callable or None")
         F = predictor
 
     with torch.no_grad():
@@ -430,20 +452,10 @@ def discover_global(
         DiscoveredGroup with (k, d, d) algebra.
     """
     cfg = DiscoveryConfig.from_kwargs(training)
-    if n_generators < 1:
-        raise ValueError(f"n_generators must be >= 1, got {n_generators}")
-    _check_finite(x, "x")
+    _check_inputs(x, y, predictor, n_generators, cfg)
     if x.ndim < 2:
         raise ValueError(f"x must be (N, ..., d), got shape {tuple(x.shape)}")
-    if y is not None:
-        _check_finite(y, "y")
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-    if predictor is None and y is None:
-        raise ValueError("y is needed to train a predictor (or pass a fixed predictor)")
     n, d = x.shape[0], x.shape[-1]
-    if n < cfg.batch_size:
-        raise ValueError(f"{n} samples is fewer than one batch of {cfg.batch_size}")
     timings: dict[str, float] = {}
     metadata: dict[str, Any] = {
         "kind": "global",
@@ -456,7 +468,6 @@ def discover_global(
     x = x.float()
     if predictor is None:
         from atlasd.discovery.predictors import MLPPredictor
-        from atlasd.discovery.training import train_predictors
 
         classes = not y.is_floating_point()
         n_out = int(y.max()) + 1 if classes else (y.shape[1] if y.ndim > 1 else 1)
@@ -464,30 +475,9 @@ def discover_global(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = MLPPredictor(tuple(x.shape[1:]), n_out)
-        start = time.perf_counter()
-        with quiet_lightning(not cfg.progress):
-            pred_metrics = train_predictors(
-                model,
-                x,
-                target,
-                loss="cross_entropy" if classes else "mse",
-                lr=cfg.predictor_lr,
-                batch_size=cfg.batch_size,
-                max_epochs=cfg.predictor_epochs,
-                val_fraction=cfg.val_fraction,
-                patience=cfg.predictor_patience,
-                seed=seed,
-                run_dir=cfg.run_dir,
-                trainer_kwargs={"enable_progress_bar": cfg.progress, **cfg.trainer_kwargs},
-            )
-        timings["predictors"] = time.perf_counter() - start
-        metadata["predictor"] = {
-            k: v for k, v in pred_metrics.items() if isinstance(v, int | float | str | list)
-        }
-        F = model
+        loss = "cross_entropy" if classes else "mse"
+        F = _train_stage1(model, x, target, loss, cfg, seed, metadata)
     else:
-        if not callable(predictor):
-            raise ValueError("predictor must be callable or None")
         F = predictor
 
     with torch.no_grad():

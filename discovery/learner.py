@@ -173,22 +173,26 @@ def screen_initializations(
     candidates[0] = basis.generators.detach()
     scores = []
     original = basis.generators.detach().clone()
-    with torch.no_grad():
-        for cand in candidates:
-            basis.generators.copy_(cand / cand.flatten(1).norm(dim=1)[:, None, None])
-            total = 0.0
-            for b, batch in enumerate(batches):
+
+    def assign(value: Tensor) -> None:
+        # its own no_grad: some objectives (geomloss) switch gradient mode on internally
+        with torch.no_grad():
+            basis.generators.copy_(value)
+
+    for cand in candidates:
+        assign(cand / cand.flatten(1).norm(dim=1)[:, None, None])
+        total = 0.0
+        for b, batch in enumerate(batches):
+            with torch.no_grad():
                 g, r_in, r_out = basis.sample(
                     module.group_shape(batch), module.scale, torch.Generator().manual_seed(b)
                 )
                 total += float(module.objective(batch, g, r_in, r_out))
                 total += float(basis.regularization(**module.reg))
-            scores.append(total / len(batches))
-        best = int(torch.tensor(scores).nan_to_num(float("inf")).argmin())
-        chosen = candidates[best]
-        basis.generators.copy_(
-            chosen / chosen.flatten(1).norm(dim=1)[:, None, None] if best else original
-        )
+        scores.append(total / len(batches))
+    best = int(torch.tensor(scores).nan_to_num(float("inf")).argmin())
+    chosen = candidates[best]
+    assign(chosen / chosen.flatten(1).norm(dim=1)[:, None, None] if best else original)
     return {"scores": scores, "chosen": best}
 
 

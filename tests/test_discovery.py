@@ -267,3 +267,58 @@ def test_trained_predictors_recover_so2(plane_data, task):
     )
     assert G.similarity(SO2) >= 0.95
     assert G.metadata["predictor"]["val_loss"] < G.metadata["predictor"]["history"][0]["val_loss"]
+
+
+# --- distribution discovery -------------------------------------------------------------------
+
+
+def test_distribution_rotations_in_two_of_three_coordinates():
+    # a ring in (x, y) times a skewed distribution in z: invariant under rotations of (x, y) only
+    gen = torch.Generator().manual_seed(0)
+    n = 4096
+    r = 1.0 + 0.2 * torch.randn(n, generator=gen)
+    theta = 2 * math.pi * torch.rand(n, generator=gen)
+    z = -torch.log(torch.rand(n, generator=gen)) - 1.0
+    x = torch.stack([r * torch.cos(theta), r * torch.sin(theta), z], dim=1)
+    G = atlasd.discover_distribution(
+        x, seed=0, batch_size=256, basis_epochs=12, basis_lr=0.03, blur=0.1
+    )
+    R = torch.zeros(1, 3, 3, dtype=F64)
+    R[0, 0, 1], R[0, 1, 0] = -1.0, 1.0
+    assert G.similarity(R) >= 0.95
+    assert G.metadata["kind"] == "distribution"
+
+
+def test_distribution_needs_two_batches():
+    with pytest.raises(ValueError, match="fewer than two independent batches"):
+        atlasd.discover_distribution(torch.randn(100, 3), batch_size=64)
+
+
+def _gradient_field(p: torch.Tensor) -> torch.Tensor:
+    """(B, K, 1, h, w) -> (B, K, 2, h-2, w-2): (d/dx, d/dy) with y pointing up."""
+    dx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2
+    dy = (p[..., :-2, 1:-1] - p[..., 2:, 1:-1]) / 2
+    return torch.cat([dx, dy], dim=2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_learned_output_representation_is_contragredient(plane_data, seed):
+    # grad(f o g^-1) = g^-T (grad f) o g^-1: every generator L is a symmetry of the gradient
+    # with the channel representation -L^T, which the learner has to find with L
+    x, atlas = plane_data
+    G = atlasd.discover_local(
+        x,
+        atlas=atlas,
+        predictor=_gradient_field,
+        learn_out_rep=True,
+        seed=seed,
+        basis_epochs=8,
+        basis_lr=0.03,
+        cosets=False,
+    )
+    L, rho = G.algebra[0], G.out_rep[0]
+    expected = -L.T
+    cosine = float((rho * expected).sum() / (rho.norm() * expected.norm()))
+    assert cosine > 0.98
+    assert float((rho - expected).norm() / expected.norm()) < 0.25
+    assert G.in_rep is None
