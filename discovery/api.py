@@ -244,6 +244,21 @@ def _train_stage1(
     return model
 
 
+def _base_metadata(
+    kind: str, cfg: DiscoveryConfig, seed: int, n: int, n_generators: int, **extra: Any
+) -> dict[str, Any]:
+    """The metadata every discovered group starts from (settings, seed, sizes, timings)."""
+    return {
+        "kind": kind,
+        **extra,
+        "seed": seed,
+        "n_samples": n,
+        "n_generators": n_generators,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "trainer_kwargs"},
+        "wall_time_s": {},
+    }
+
+
 def _check_inputs(
     x: Tensor, y: Tensor | None, predictor: Any, n_generators: int, cfg: DiscoveryConfig
 ) -> None:
@@ -306,16 +321,8 @@ def discover_local(
     n = x.shape[0]
     if out_radius is not None and not 0 <= out_radius <= atlas.radius:
         raise ValueError(f"out_radius {out_radius} must be in 0..{atlas.radius} (the chart radius)")
-    timings: dict[str, float] = {}
-    metadata: dict[str, Any] = {
-        "kind": "local",
-        "atlas": atlas.to_dict(),
-        "seed": seed,
-        "n_samples": n,
-        "n_generators": n_generators,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "trainer_kwargs"},
-        "wall_time_s": timings,
-    }
+    metadata = _base_metadata("local", cfg, seed, n, n_generators, atlas=atlas.to_dict())
+    timings = metadata["wall_time_s"]
 
     start = time.perf_counter()
     patches = atlas.extract(x.float())  # (N, K, C, h, w)
@@ -456,15 +463,8 @@ def discover_global(
     if x.ndim < 2:
         raise ValueError(f"x must be (N, ..., d), got shape {tuple(x.shape)}")
     n, d = x.shape[0], x.shape[-1]
-    timings: dict[str, float] = {}
-    metadata: dict[str, Any] = {
-        "kind": "global",
-        "seed": seed,
-        "n_samples": n,
-        "n_generators": n_generators,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "trainer_kwargs"},
-        "wall_time_s": timings,
-    }
+    metadata = _base_metadata("global", cfg, seed, n, n_generators)
+    timings = metadata["wall_time_s"]
     x = x.float()
     if predictor is None:
         from atlasd.discovery.predictors import MLPPredictor
@@ -567,15 +567,7 @@ def discover_distribution(
         raise ValueError(f"batch_size {cfg.batch_size} is too large for the tensorized backend")
     x = x.float()
     sinkhorn = SamplesLoss("sinkhorn", p=2, blur=blur, backend="tensorized")
-    metadata: dict[str, Any] = {
-        "kind": "distribution",
-        "seed": seed,
-        "n_samples": n,
-        "n_generators": n_generators,
-        "blur": blur,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "trainer_kwargs"},
-        "wall_time_s": {},
-    }
+    metadata = _base_metadata("distribution", cfg, seed, n, n_generators, blur=blur)
 
     def objective(batch, g, r_in, r_o):
         (xb,) = batch

@@ -128,6 +128,28 @@ def test_lorentz_invariant_function_gives_so13():
     assert G.similarity(so13()) >= 0.95
 
 
+def test_trained_mlp_recovers_so13():
+    # the default path of discover_global: an MLP trained on (x, Minkowski norm), then the basis
+    eta = torch.tensor([1.0, -1.0, -1.0, -1.0])
+    x = torch.randn(4096, 4, generator=torch.Generator().manual_seed(0))
+    G = atlasd.discover_global(
+        x,
+        (x**2 * eta).sum(-1, keepdim=True),
+        n_generators=6,
+        seed=0,
+        batch_size=64,
+        predictor_epochs=30,
+        predictor_lr=3e-3,
+        predictor_patience=5,
+        basis_epochs=6,
+        basis_lr=0.03,
+        scale=0.3,
+        cosets=False,
+    )
+    assert G.similarity(so13()) >= 0.95
+    assert G.metadata["predictor"]["val_loss"] < 0.1
+
+
 def test_noncompact_squeeze():
     x = torch.randn(1024, 2, generator=torch.Generator().manual_seed(1))
     G = atlasd.discover_global(
