@@ -25,7 +25,7 @@ from atlasd.discovery.basis import (
     global_equivariance_loss,
     local_equivariance_loss,
 )
-from atlasd.discovery.cosets import search_cosets
+from atlasd.discovery.cosets import Score, search_cosets
 from atlasd.discovery.learner import (
     BasisModule,
     fit_basis,
@@ -116,7 +116,7 @@ def _batched(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int = 256) -> Ten
 
 def _finish(
     basis: LieBasis,
-    coset_score: Callable[[Tensor, torch.Generator], Tensor] | None,
+    coset_score: Score | None,
     cfg: DiscoveryConfig,
     seed: int,
     metadata: dict[str, Any],

@@ -20,8 +20,9 @@ from atlasd import lie
 
 __all__ = ["normalize_det_torch", "search_cosets"]
 
-# score(h (C, d, d) float32, generator) -> (C,) mean equivariance loss of h g0 over fresh samples
-Score = Callable[[Tensor, torch.Generator], Tensor]
+# score(h (C, d, d) float32, generator[, scale]) -> (C,) mean equivariance loss of h g0 over
+# fresh samples, g0 drawn from the identity component at the given coefficient scale
+Score = Callable[..., Tensor]
 
 
 def normalize_det_torch(M: Tensor) -> Tensor:

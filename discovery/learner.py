@@ -175,12 +175,13 @@ def screen_initializations(
     original = basis.generators.detach().clone()
 
     def assign(value: Tensor) -> None:
-        # its own no_grad: some objectives (geomloss) switch gradient mode on internally
+        # unit-norm generators; its own no_grad: some objectives (geomloss) switch gradient
+        # mode on internally
         with torch.no_grad():
-            basis.generators.copy_(value)
+            basis.generators.copy_(value / value.flatten(1).norm(dim=1)[:, None, None])
 
     for cand in candidates:
-        assign(cand / cand.flatten(1).norm(dim=1)[:, None, None])
+        assign(cand)
         total = 0.0
         for b, batch in enumerate(batches):
             with torch.no_grad():
@@ -191,8 +192,7 @@ def screen_initializations(
                 total += float(basis.regularization(**module.reg))
         scores.append(total / len(batches))
     best = int(torch.tensor(scores).nan_to_num(float("inf")).argmin())
-    chosen = candidates[best]
-    assign(chosen / chosen.flatten(1).norm(dim=1)[:, None, None] if best else original)
+    assign(candidates[best] if best else original)
     return {"scores": scores, "chosen": best}
 
 
