@@ -14,6 +14,9 @@ __all__ = ["TASKS", "make_datamodule"]
 # name -> "module:ClassName", imported lazily so that one task's dependencies never load another's
 TASKS: dict[str, str] = {
     "heat": "atlasd.datasets.heat:HeatDataModule",
+    "sphere_digits": "atlasd.datasets.sphere_digits:SphereDigitsDataModule",
+    "jets": "atlasd.datasets.jets:JetsDataModule",
+    "climate": "atlasd.datasets.climate:ClimateDataModule",
 }
 
 

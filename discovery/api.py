@@ -42,7 +42,8 @@ class DiscoveryConfig:
     """Training settings shared by the discovery entry points (``**training`` keywords).
 
     Stage 1 (predictors): ``predictor_epochs``, ``predictor_lr``, ``predictor_loss`` ("l1", "mse"
-    or "cross_entropy"), ``predictor_patience``, ``val_fraction``, ``hidden``.
+    or "cross_entropy"), ``class_weights`` (one per class, cross-entropy only, e.g. to
+    down-weight a dominant background), ``predictor_patience``, ``val_fraction``, ``hidden``.
     Stage 2 (basis): ``init_candidates`` random starts screened before training (the best one
     is trained; 1 disables screening), ``basis_epochs`` passes over the data, ``basis_lr``,
     ``scale`` (std of the
@@ -62,6 +63,7 @@ class DiscoveryConfig:
     predictor_epochs: int = 20
     predictor_lr: float = 1e-3
     predictor_loss: str = "l1"
+    class_weights: list[float] | None = None
     predictor_patience: int = 3
     val_fraction: float = 0.1
     hidden: int = 16
@@ -228,6 +230,7 @@ def _train_stage1(
             inputs,
             target,
             loss=loss,
+            class_weights=cfg.class_weights,
             lr=cfg.predictor_lr,
             batch_size=cfg.batch_size,
             max_epochs=cfg.predictor_epochs,

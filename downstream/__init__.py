@@ -1,0 +1,31 @@
+"""Downstream: equivariant layers built from a DiscoveredGroup, downstream models, and the
+degeneracy of trained weights (local learning coefficient, ranks, emulability).
+
+Names are imported lazily so that one part's dependencies never load another's.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> submodule of atlasd.downstream that defines it
+_EXPORTS: dict[str, str] = {
+    "equivariant_basis": "solver",
+    "EquivariantLinear": "layers",
+    "EquivariantMLP": "layers",
+    "EquivariantConv2d": "conv",
+    "estimate_llc": "llc",
+    "LLCEstimate": "llc",
+    "functional_dimension": "ranks",
+    "emulability": "emulability",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"atlasd.downstream.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'atlasd.downstream' has no attribute {name!r}")
