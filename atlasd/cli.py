@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 
 __all__ = ["build_parser", "main"]
 
@@ -67,9 +67,23 @@ def build_parser() -> ArgumentParser:
     disc.add_argument("--wandb_project", type=str, default="atlasd")
     disc.add_argument(
         "--progress",
-        type=bool | None,
+        type=str,
+        default="auto",
+        help="'bar' (Rich progress bars), 'lines' (one line per epoch, for logs), 'none', or "
+        "'auto': bars when stderr is a terminal, lines otherwise",
+    )
+    disc.add_argument(
+        "--fresh",
+        action=ActionYesNo,
+        default=False,
+        help="start over: discard the stage state an earlier run left in the run folder "
+        "(default: resume it, skipping finished stages)",
+    )
+    disc.add_argument(
+        "--ckpt_path",
+        type=str | None,
         default=None,
-        help="progress bars (default: when stderr is a terminal)",
+        help="resume the stage this Lightning checkpoint belongs to (predictors or basis)",
     )
     _add_trainer_arguments(disc)
     sub.add_subcommand("discover", disc, help="run discovery on a task and save the group")
@@ -163,11 +177,19 @@ def _cmd_check(cfg) -> int:
 def _cmd_discover(cfg, trainer: dict) -> int:
     import statistics
 
-    from atlasd.io import write_json_atomic
+    from atlasd.datasets import TASKS
+    from atlasd.io import check_writable, is_global_zero, write_json_atomic
 
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    if cfg.progress not in ("auto", "bar", "lines", "none"):
+        raise ValueError(f"--progress must be auto, bar, lines or none, got {cfg.progress!r}")
     run_dir = Path(cfg.run_dir or f"runs/{cfg.task}")
+    check_writable(run_dir)
     seeds = cfg.seeds if cfg.seeds else [cfg.seed]
-    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    progress = cfg.progress
+    if progress == "auto":
+        progress = "bar" if sys.stderr.isatty() else "lines"
     results = []
     for seed in seeds:
         out = run_dir / f"seed_{seed}" if len(seeds) > 1 else run_dir
@@ -182,7 +204,8 @@ def _cmd_discover(cfg, trainer: dict) -> int:
                 f"similarity to the ground truth over {len(sims)} seeds: "
                 f"{summary['similarity_mean']:.4f} +- {summary['similarity_sd']:.4f}"
             )
-        write_json_atomic(run_dir / "summary.json", summary)
+        if is_global_zero():
+            write_json_atomic(run_dir / "summary.json", summary)
     return 0
 
 
@@ -206,9 +229,9 @@ def _wandb_logger(cfg, run_dir: Path, seed: int):
         config={
             "task": cfg.task,
             "seed": seed,
-            "data": dict(cfg.data),
+            "data": _coerce(cfg.data),
             "discovery": {k: v for k, v in vars(cfg.discovery).items() if k != "training"},
-            "training": dict(cfg.discovery.training),
+            "training": _coerce(cfg.discovery.training),
         },
     )
 
@@ -251,7 +274,7 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
     import atlasd
     from atlasd.datasets import make_datamodule
     from atlasd.group import DiscoveredGroup
-    from atlasd.io import write_json_atomic
+    from atlasd.io import is_global_zero, json_safe, write_json_atomic
 
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,6 +284,12 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
     training = _coerce(cfg.discovery.training)
     training.setdefault("run_dir", str(run_dir))
     training["progress"] = progress
+    training["resume"] = not cfg.fresh
+    if cfg.ckpt_path is not None:
+        training["ckpt_path"] = cfg.ckpt_path
+    truth = getattr(dm, "ground_truth", None)
+    if truth is not None:
+        training.setdefault("reference_algebra", truth["algebra"])
     wandb_logger = _wandb_logger(cfg, run_dir, seed)
     extra = dict(trainer)
     if wandb_logger is not None:
@@ -290,8 +319,8 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
         "seed": seed,
         "dim": group.dim,
         "n_components": group.n_components,
+        "resumed_stages": group.metadata.get("resumed_stages", []),
     }
-    truth = getattr(dm, "ground_truth", None)
     if truth is not None:
         metrics["similarity_to_truth"] = group.similarity(truth["algebra"])
         expected = truth.get("cosets")
@@ -323,9 +352,11 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
         "predictor_val": meta.get("predictor", {}).get("val_loss"),
         "coset_identity": meta.get("cosets", {}).get("identity_loss"),
     }
+    if not is_global_zero():
+        return metrics  # DDP: the other processes computed the same group; rank zero writes
     group.save(run_dir / "group.json")
     group.plot(run_dir / "group.png")
-    write_json_atomic(run_dir / "metrics.json", metrics)
+    write_json_atomic(run_dir / "metrics.json", json_safe(metrics))
     if wandb_logger is not None:
         _log_summary(wandb_logger, group, metrics, run_dir)
     print(group.summary())
@@ -341,17 +372,57 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
 _COMMANDS = {"show": _cmd_show, "check": _cmd_check, "discover": _cmd_discover}
 
 
+class UsageError(ValueError):
+    """The command line or a config file is malformed (exit status 2)."""
+
+
+def parse(argv: Sequence[str]):
+    """Parse a command line (config files included) into a namespace; UsageError (a
+    ValueError) names the problem for anything malformed, and nothing else escapes."""
+    try:
+        cfg = build_parser().parse_args(list(argv))
+    except (argparse.ArgumentError, ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"invalid arguments: {_one_line(exc)}") from exc
+    if cfg.command == "discover":
+        sub = cfg.discover
+        for section in ("discovery", "trainer"):
+            if not isinstance(sub.get(section), Namespace):
+                raise UsageError(f"invalid arguments: {section} must be a mapping of options")
+        # an empty YAML section (`data:`) reads as null: it means "no options"
+        sub.data = sub.data or {}
+        sub.discovery.training = sub.discovery.training or {}
+        for key, kind in _REQUIRED_TYPES.items():
+            value = sub[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise UsageError(f"invalid arguments: {key} must be {kind.__name__}, got {value!r}")
+    return cfg
+
+
+# jsonargparse lets a config file's `key: null` through for plain-typed options
+_REQUIRED_TYPES: dict[str, type] = {
+    "task": str,
+    "seed": int,
+    "logger": str,
+    "progress": str,
+    "wandb_project": str,
+    "fresh": bool,
+    "discovery.n_generators": int,
+    "discovery.cosets": bool,
+    "discovery.learn_in_rep": bool,
+    "discovery.learn_out_rep": bool,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    parser = build_parser()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
-        parser.print_help()
+        build_parser().print_help()
         return 2
     try:
-        cfg = parser.parse_args(args)
-    except (argparse.ArgumentError, ValueError) as exc:
-        _fail(f"invalid arguments: {_one_line(exc)}")
+        cfg = parse(args)
+    except UsageError as exc:
+        _fail(str(exc))
         return 2
     try:
         sub = cfg[cfg.command]

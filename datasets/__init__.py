@@ -25,7 +25,17 @@ def make_datamodule(task: str, **kwargs: Any):
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
     import importlib
+    import inspect
 
     module_name, cls_name = TASKS[task].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        known = [k for k in params if k != "self"]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown data option(s) for task {task!r}: {', '.join(unknown)}; "
+                f"options are {', '.join(known)}"
+            )
     return cls(**kwargs)

@@ -32,6 +32,8 @@ from atlasd.discovery.learner import (
     quiet_lightning,
     screen_initializations,
 )
+from atlasd.discovery.progress import progress_mode, progress_trainer_kwargs, stage_line
+from atlasd.discovery.resume import StageStore, checkpoint_stage, tensor_digest
 from atlasd.group import DiscoveredGroup
 
 __all__ = ["DiscoveryConfig", "discover_distribution", "discover_global", "discover_local"]
@@ -56,7 +58,11 @@ class DiscoveryConfig:
     identity, where a genuine coset lies) and the threshold is ``coset_threshold`` (absolute) or,
     when None, ``coset_rel_threshold * loss_far``.
     General: ``batch_size``, ``trainer_kwargs`` (passed to every Lightning Trainer),
-    ``run_dir`` (checkpoints), ``progress``.
+    ``run_dir`` (stage checkpoints and results, see :mod:`atlasd.discovery.resume`: a rerun with
+    the same folder resumes the interrupted stage and skips finished ones), ``resume`` (False
+    starts over), ``ckpt_path`` (resume the stage this Lightning checkpoint belongs to),
+    ``progress`` (True/"bar", "lines" or False/"none", see :mod:`atlasd.discovery.progress`),
+    ``reference_algebra`` (a known algebra (j, d, d): similarity logged per epoch).
     """
 
     batch_size: int = 16
@@ -87,7 +93,10 @@ class DiscoveryConfig:
     merge_tol: float = 0.15
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
     run_dir: str | None = None
-    progress: bool = False
+    progress: bool | str = False
+    resume: bool = True
+    ckpt_path: str | None = None
+    reference_algebra: Any = None
 
     @classmethod
     def from_kwargs(cls, training: dict[str, Any]) -> DiscoveryConfig:
@@ -122,6 +131,7 @@ def _finish(
     cfg: DiscoveryConfig,
     seed: int,
     metadata: dict[str, Any],
+    store: StageStore,
 ) -> DiscoveredGroup:
     """Stages 3 and 5: cosets from the fitted basis, and the DiscoveredGroup."""
     L, r_in, r_out = (
@@ -131,7 +141,14 @@ def _finish(
         raise RuntimeError("basis learning produced NaN/Inf generators; no group was written")
     algebra = lie.standard_form(L)
     timings = metadata.setdefault("wall_time_s", {})
-    if coset_score is not None:
+    done = store.done("cosets") if coset_score is not None else None
+    if done is not None:
+        cosets = store.tensors("cosets")["cosets"]
+        metadata["cosets"] = done
+        store.resumed.append("cosets")
+        stage_line(progress_mode(cfg.progress), "stage 3/3 cosets: finished earlier, loaded")
+    elif coset_score is not None:
+        stage_line(progress_mode(cfg.progress), "stage 3/3 cosets")
         start = time.perf_counter()
         # Reference: the loss of identity-component elements far from the identity. An imperfect
         # predictor is less equivariant far from the identity than near it, and a genuine
@@ -160,12 +177,33 @@ def _finish(
         report["far_reference_loss"] = far
         metadata["cosets"] = report
         timings["cosets"] = time.perf_counter() - start
+        store.finish("cosets", report, {"cosets": cosets})
     else:
         cosets = None
+    metadata["resumed_stages"] = list(store.resumed)
     metadata["raw_generators"] = L.tolist()
     metadata["membership_tol"] = cfg.merge_tol
     metadata["versions"] = {"atlasd": atlasd.__version__, "torch": torch.__version__}
     return DiscoveredGroup(L, cosets=cosets, in_rep=r_in, out_rep=r_out, metadata=metadata)
+
+
+def _stage_trainer_kwargs(cfg: DiscoveryConfig, stage: str) -> dict[str, Any]:
+    """Trainer arguments of one stage: its progress display plus the user's overrides."""
+    kwargs = progress_trainer_kwargs(progress_mode(cfg.progress), stage)
+    user = dict(cfg.trainer_kwargs)
+    kwargs["callbacks"] = kwargs["callbacks"] + list(user.pop("callbacks", None) or [])
+    kwargs.update(user)
+    return kwargs
+
+
+def _resume_from(store: StageStore, stage: str, cfg: DiscoveryConfig) -> str | None:
+    """The checkpoint a stage resumes from: ``cfg.ckpt_path`` when it belongs to this stage,
+    else the stage's ``last.ckpt`` in the run folder, else None (start fresh)."""
+    if cfg.ckpt_path is not None:
+        if checkpoint_stage(cfg.ckpt_path) == stage:
+            return str(cfg.ckpt_path)
+    last = store.last_checkpoint(stage)
+    return None if last is None else str(last)
 
 
 def _fit(
@@ -175,7 +213,15 @@ def _fit(
     tensors: tuple[Tensor, ...],
     cfg: DiscoveryConfig,
     seed: int,
+    store: StageStore,
 ) -> dict[str, Any]:
+    mode = progress_mode(cfg.progress)
+    done = store.done("basis")
+    if done is not None:
+        basis.load_state_dict(store.tensors("basis"))
+        store.resumed.append("basis")
+        stage_line(mode, "stage 2/3 basis: finished earlier, loaded from the run folder")
+        return done
     module = BasisModule(
         basis,
         objective,
@@ -187,9 +233,12 @@ def _fit(
         magnitude_weight=cfg.magnitude_weight,
         magnitude_clamp=cfg.magnitude_clamp,
         seed=seed,
+        reference=cfg.reference_algebra,
     )
+    ckpt = _resume_from(store, "basis", cfg)
     screening = None
-    if cfg.init_candidates > 1:
+    # a resumed fit takes its generators from the checkpoint: screening would be overwritten
+    if cfg.init_candidates > 1 and ckpt is None:
         screening = screen_initializations(
             module,
             tensors,
@@ -197,17 +246,23 @@ def _fit(
             batch_size=min(cfg.batch_size, tensors[0].shape[0]),
             seed=seed,
         )
+    stage_line(mode, "stage 2/3 basis" + (f": resuming from {ckpt}" if ckpt else ""))
     metrics = fit_basis(
         module,
         tensors,
         batch_size=cfg.batch_size,
         epochs=cfg.basis_epochs,
         seed=seed,
-        trainer_kwargs={"enable_progress_bar": cfg.progress, **cfg.trainer_kwargs},
+        trainer_kwargs=_stage_trainer_kwargs(cfg, "basis"),
+        checkpoint_dir=store.stage_dir("basis"),
+        ckpt_path=ckpt,
     )
     metrics["history"] = module.history
     if screening is not None:
         metrics["init_screening"] = screening
+    if ckpt is not None:
+        metrics["resumed_from"] = ckpt
+    store.finish("basis", metrics, basis.state_dict())
     return metrics
 
 
@@ -219,32 +274,75 @@ def _train_stage1(
     cfg: DiscoveryConfig,
     seed: int,
     metadata: dict[str, Any],
+    store: StageStore,
 ) -> torch.nn.Module:
-    """Train predictors (stage 1) and record their metrics and wall time in metadata."""
+    """Train predictors (stage 1), or load them when the run folder holds a finished stage 1;
+    record their metrics and wall time in metadata. Returns the frozen model (eval mode)."""
     from atlasd.discovery.training import train_predictors
 
+    mode = progress_mode(cfg.progress)
     start = time.perf_counter()
-    with quiet_lightning(not cfg.progress):
-        metrics = train_predictors(
-            model,
-            inputs,
-            target,
-            loss=loss,
-            class_weights=cfg.class_weights,
-            lr=cfg.predictor_lr,
-            batch_size=cfg.batch_size,
-            max_epochs=cfg.predictor_epochs,
-            val_fraction=cfg.val_fraction,
-            patience=cfg.predictor_patience,
-            seed=seed,
-            run_dir=cfg.run_dir,
-            trainer_kwargs={"enable_progress_bar": cfg.progress, **cfg.trainer_kwargs},
-        )
+    done = store.done("predictors")
+    if done is not None:
+        model.load_state_dict(store.tensors("predictors"))
+        model.eval()
+        model.requires_grad_(False)
+        store.resumed.append("predictors")
+        stage_line(mode, "stage 1/3 predictors: finished earlier, loaded from the run folder")
+        metrics = done
+    else:
+        ckpt = _resume_from(store, "predictors", cfg)
+        stage_line(mode, "stage 1/3 predictors" + (f": resuming from {ckpt}" if ckpt else ""))
+        with quiet_lightning(mode != "bar"):
+            metrics = train_predictors(
+                model,
+                inputs,
+                target,
+                loss=loss,
+                class_weights=cfg.class_weights,
+                lr=cfg.predictor_lr,
+                batch_size=cfg.batch_size,
+                max_epochs=cfg.predictor_epochs,
+                val_fraction=cfg.val_fraction,
+                patience=cfg.predictor_patience,
+                seed=seed,
+                run_dir=store.stage_dir("predictors"),
+                trainer_kwargs=_stage_trainer_kwargs(cfg, "predictors"),
+                ckpt_path=ckpt,
+            )
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | list)}
+        store.finish("predictors", metrics, model.state_dict())
     metadata["wall_time_s"]["predictors"] = time.perf_counter() - start
-    metadata["predictor"] = {
-        k: v for k, v in metrics.items() if isinstance(v, int | float | str | list)
-    }
+    metadata["predictor"] = metrics
     return model
+
+
+def _make_store(
+    kind: str,
+    cfg: DiscoveryConfig,
+    seed: int,
+    n_generators: int,
+    data: tuple[Tensor | None, ...],
+    **extra: Any,
+) -> StageStore:
+    """The run folder's stage state, fingerprinted by everything that shapes the result."""
+    settings = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("trainer_kwargs", "run_dir", "progress", "resume", "ckpt_path")
+    }
+    fingerprint = {
+        "kind": kind,
+        "seed": seed,
+        "n_generators": n_generators,
+        "data": tensor_digest(*data),
+        "settings": settings,
+        "trainer_kwargs": cfg.trainer_kwargs,
+        **extra,
+    }
+    if cfg.ckpt_path is not None:
+        checkpoint_stage(cfg.ckpt_path)  # a bad checkpoint fails before any state is touched
+    return StageStore(cfg.run_dir, fingerprint, resume=cfg.resume)
 
 
 def _base_metadata(
@@ -257,7 +355,9 @@ def _base_metadata(
         "seed": seed,
         "n_samples": n,
         "n_generators": n_generators,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "trainer_kwargs"},
+        "config": {
+            k: v for k, v in asdict(cfg).items() if k not in ("trainer_kwargs", "reference_algebra")
+        },
         "wall_time_s": {},
     }
 
@@ -325,6 +425,18 @@ def discover_local(
     if out_radius is not None and not 0 <= out_radius <= atlas.radius:
         raise ValueError(f"out_radius {out_radius} must be in 0..{atlas.radius} (the chart radius)")
     metadata = _base_metadata("local", cfg, seed, n, n_generators, atlas=atlas.to_dict())
+    store = _make_store(
+        "local",
+        cfg,
+        seed,
+        n_generators,
+        (x, y),
+        atlas=atlas.to_dict(),
+        out_radius=out_radius,
+        learn_in_rep=learn_in_rep,
+        learn_out_rep=learn_out_rep,
+        fixed_predictor=predictor is not None,
+    )
     timings = metadata["wall_time_s"]
 
     start = time.perf_counter()
@@ -345,13 +457,27 @@ def discover_local(
         classes = y.ndim == 3
         if classes and y.is_floating_point():
             raise ValueError("y of shape (N, H, W) must hold integer class labels")
-        target = atlas.extract(y[:, None].float() if classes else y.float())
-        target = crop(target, r_out)
-        if classes:
+        if classes and atlas.manifold == "sphere":
+            # sphere charts interpolate, which would blend neighbouring class indices into
+            # unrelated classes (between 3 and 10: 6.5); sample one-hot maps instead, in blocks
+            # to bound memory, and keep the class of largest weight
+            target = torch.cat(
+                [
+                    atlas.extract(
+                        torch.nn.functional.one_hot(y[i : i + 256], c_out).movedim(-1, 1).float()
+                    ).argmax(2)
+                    for i in range(0, n, 256)
+                ]
+            )
+            target = crop(target, r_out)
+        else:
+            target = atlas.extract(y[:, None].float() if classes else y.float())
+            target = crop(target, r_out)
+        if classes and atlas.manifold != "sphere":
             # charts sample class maps by exact pixel copies on the plane, so labels stay integer
             target = target[:, :, 0].round().long()
         loss = "cross_entropy" if classes else cfg.predictor_loss
-        F = _train_stage1(model, patches, target, loss, cfg, seed, metadata)
+        F = _train_stage1(model, patches, target, loss, cfg, seed, metadata, store)
     else:
         F = predictor
 
@@ -408,7 +534,7 @@ def discover_local(
     )
     start = time.perf_counter()
     basis_metrics = _fit(
-        basis, objective, lambda b: tuple(b[0].shape[:2]), (patches, base), cfg, seed
+        basis, objective, lambda b: tuple(b[0].shape[:2]), (patches, base), cfg, seed, store
     )
     timings["basis"] = time.perf_counter() - start
     metadata["basis"] = basis_metrics
@@ -422,7 +548,19 @@ def discover_local(
             idx = torch.randint(n, (b,), generator=gen)
             xb, bb = patches[idx], base[idx]
             K = xb.shape[1]
-            g0 = lie.sample_group(algebra32, (n_c, b, K), scale=scale, generator=gen)
+            r_in = r_out = None
+            if basis.in_rep is None and basis.out_rep is None:
+                g0 = lie.sample_group(algebra32, (n_c, b, K), scale=scale, generator=gen)
+            else:
+                # with learned representations the identity component acts on the channels too
+                # (rotating a wind field rotates its vectors); the candidate h acts on channels
+                # trivially, since no representation of a discrete element is learned
+                with torch.no_grad():
+                    g0, r_in, r_out = basis.sample((n_c, b, K), scale, gen)
+                r_in, r_out = (
+                    None if r is None else r.reshape(n_c * b, K, *r.shape[-2:])
+                    for r in (r_in, r_out)
+                )
             g = hs[:, None, None] @ g0
             xr = xb.repeat(n_c, 1, 1, 1, 1)
             br = bb.repeat(n_c, 1, 1, 1, 1)
@@ -431,13 +569,15 @@ def discover_local(
                 xr,
                 br,
                 g.reshape(n_c * b, K, 2, 2),
+                r_in,
+                r_out,
                 kind=kind,
                 mask=mask,
                 per_sample=True,
             )
             return per.view(n_c, b).mean(1)
 
-    return _finish(basis, coset_score, cfg, seed, metadata)
+    return _finish(basis, coset_score, cfg, seed, metadata, store)
 
 
 def discover_global(
@@ -467,6 +607,9 @@ def discover_global(
         raise ValueError(f"x must be (N, ..., d), got shape {tuple(x.shape)}")
     n, d = x.shape[0], x.shape[-1]
     metadata = _base_metadata("global", cfg, seed, n, n_generators)
+    store = _make_store(
+        "global", cfg, seed, n_generators, (x, y), fixed_predictor=predictor is not None
+    )
     timings = metadata["wall_time_s"]
     x = x.float()
     if predictor is None:
@@ -479,7 +622,7 @@ def discover_global(
             torch.manual_seed(seed)
             model = MLPPredictor(tuple(x.shape[1:]), n_out)
         loss = "cross_entropy" if classes else "mse"
-        F = _train_stage1(model, x, target, loss, cfg, seed, metadata)
+        F = _train_stage1(model, x, target, loss, cfg, seed, metadata, store)
     else:
         F = predictor
 
@@ -508,7 +651,9 @@ def discover_global(
         generator=torch.Generator().manual_seed(seed),
     )
     start = time.perf_counter()
-    metadata["basis"] = _fit(basis, objective, lambda b: (b[0].shape[0],), (x, base), cfg, seed)
+    metadata["basis"] = _fit(
+        basis, objective, lambda b: (b[0].shape[0],), (x, base), cfg, seed, store
+    )
     timings["basis"] = time.perf_counter() - start
 
     coset_score = None
@@ -525,7 +670,7 @@ def discover_global(
             per = global_equivariance_loss(predict, xr, br, g, kind=kind, per_sample=True)
             return per.view(n_c, b).mean(1)
 
-    return _finish(basis, coset_score, cfg, seed, metadata)
+    return _finish(basis, coset_score, cfg, seed, metadata, store)
 
 
 def discover_distribution(
@@ -571,6 +716,7 @@ def discover_distribution(
     x = x.float()
     sinkhorn = SamplesLoss("sinkhorn", p=2, blur=blur, backend="tensorized")
     metadata = _base_metadata("distribution", cfg, seed, n, n_generators, blur=blur)
+    store = _make_store("distribution", cfg, seed, n_generators, (x,), blur=blur)
 
     def objective(batch, g, r_in, r_o):
         (xb,) = batch
@@ -583,7 +729,7 @@ def discover_distribution(
     )
     cfg2 = DiscoveryConfig(**{**asdict(cfg), "batch_size": 2 * cfg.batch_size})
     start = time.perf_counter()
-    metadata["basis"] = _fit(basis, objective, lambda b: (b[0].shape[0],), (x,), cfg2, seed)
+    metadata["basis"] = _fit(basis, objective, lambda b: (b[0].shape[0],), (x,), cfg2, seed, store)
     metadata["wall_time_s"]["basis"] = time.perf_counter() - start
 
     coset_score = None
@@ -599,4 +745,4 @@ def discover_distribution(
             # geomloss batches (C, m, d) point clouds: all candidates in one call
             return sinkhorn(moved, b.expand(hs.shape[0], m, d).contiguous())
 
-    return _finish(basis, coset_score, cfg, seed, metadata)
+    return _finish(basis, coset_score, cfg, seed, metadata, store)

@@ -80,6 +80,10 @@ class LieBasis(nn.Module):
             else None
         )
         self.normalize = normalize
+        for p in self.parameters():
+            # matrix_exp's backward hands out transposed-stride gradients; DDP's gradient
+            # buckets expect the parameter's own layout (and warn on every step otherwise)
+            p.register_hook(torch.Tensor.contiguous)
 
     @property
     def k(self) -> int:

@@ -12,6 +12,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -60,6 +61,8 @@ class BasisModule(L.LightningModule):
         scale: std of the coefficients c.
         lr: Adam learning rate; regulariser weights as in LieBasis.regularization.
         seed: seeds the sampling of group elements (offset by the process rank under DDP).
+        reference: optional ground-truth algebra (j, d, d): its similarity to the generators is
+            logged every epoch (``basis/similarity_to_truth``), for dashboards only.
     """
 
     def __init__(
@@ -75,8 +78,10 @@ class BasisModule(L.LightningModule):
         magnitude_weight: float = 0.0,
         magnitude_clamp: float = 1.0,
         seed: int = 0,
+        reference: Tensor | None = None,
     ) -> None:
         super().__init__()
+        self.reference = None if reference is None else torch.as_tensor(reference).double()
         self.basis = basis
         self.objective = objective
         self.group_shape = group_shape
@@ -93,10 +98,21 @@ class BasisModule(L.LightningModule):
         self.history: list[dict[str, Any]] = []
         self._epoch_losses: list[float] = []
 
-    def on_train_start(self) -> None:
+    def on_train_epoch_start(self) -> None:
+        # seeded per (seed, rank, epoch), not one stream for the whole fit: a run resumed at
+        # epoch e draws exactly the group elements an uninterrupted run draws there
         self._gen = torch.Generator(device=self.device).manual_seed(
-            self.seed + 1000 * self.global_rank
+            self.seed + 1000 * self.global_rank + 1_000_003 * self.current_epoch
         )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["atlasd_stage"] = "basis"
+        checkpoint["basis_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("atlasd_stage") != "basis":
+            raise ValueError("not a basis-stage checkpoint (no 'atlasd_stage': 'basis' entry)")
+        self.history = list(checkpoint.get("basis_history", []))
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         g, r_in, r_out = self.basis.sample(self.group_shape(batch), self.scale, self._gen)
@@ -113,6 +129,10 @@ class BasisModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        # fit_basis calls this earlier, from a callback ahead of the checkpoint callback, so the
+        # saved state holds this epoch's row; the guard makes the second call a no-op
+        if self.history and self.history[-1]["epoch"] == int(self.current_epoch):
+            return
         mean = sum(self._epoch_losses) / max(len(self._epoch_losses), 1)
         self._epoch_losses.clear()
         generators = self.basis.effective()[0].detach().cpu()
@@ -123,6 +143,12 @@ class BasisModule(L.LightningModule):
                 "generators": generators.tolist(),
             }
         )
+        if self.reference is not None:
+            from atlasd.lie import similarity
+
+            sim = similarity(generators.double(), self.reference)
+            self.history[-1]["similarity_to_truth"] = sim
+            self.log("basis/similarity_to_truth", sim, on_step=False, on_epoch=True)
         if self.logger is not None and hasattr(self.logger, "log_image"):
             from atlasd.group import render_generators
 
@@ -139,6 +165,14 @@ class BasisModule(L.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.05 * self.lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _RecordEpoch(L.Callback):
+    """Close the module's epoch (history row, logs) before the checkpoint callback runs:
+    Lightning calls callbacks' epoch-end hooks before the module's own."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: BasisModule) -> None:
+        pl_module.on_train_epoch_end()
 
 
 def screen_initializations(
@@ -204,18 +238,25 @@ def fit_basis(
     epochs: int,
     seed: int = 0,
     trainer_kwargs: dict[str, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    ckpt_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run stage 2 with a Lightning Trainer over ``tensors`` (shuffled, seeded).
 
+    ``checkpoint_dir`` keeps ``last.ckpt`` after every epoch; ``ckpt_path`` resumes from such a
+    checkpoint and reaches the generators of an uninterrupted run (the shuffling and the
+    sampled group elements depend only on the seed and the epoch).
+
     Returns metrics: final and per-epoch equivariance loss, wall time, samples per second.
     """
+    from atlasd.discovery.training import EpochSampler, checkpoint_errors, last_checkpoint
+
     n = tensors[0].shape[0]
     loader = DataLoader(
         TensorDataset(*tensors),
         batch_size=batch_size,
-        shuffle=True,
+        sampler=EpochSampler(n, seed),
         drop_last=n >= batch_size,
-        generator=torch.Generator().manual_seed(seed),
     )
     kwargs: dict[str, Any] = {
         "max_epochs": epochs,
@@ -227,11 +268,16 @@ def fit_basis(
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
     }
-    kwargs.update(trainer_kwargs or {})
+    extra = dict(trainer_kwargs or {})
+    callbacks = list(extra.pop("callbacks", None) or [])
+    if checkpoint_dir is not None:
+        callbacks += [_RecordEpoch(), last_checkpoint(checkpoint_dir)]
+    kwargs.update(extra)
     start = time.perf_counter()
     with quiet_lightning(not kwargs.get("enable_progress_bar", False)):
-        trainer = L.Trainer(**kwargs)
-        trainer.fit(module, loader)
+        trainer = L.Trainer(callbacks=callbacks, **kwargs)
+        with checkpoint_errors(ckpt_path):
+            trainer.fit(module, loader, ckpt_path=ckpt_path, weights_only=True)
     wall = time.perf_counter() - start
     losses = [h["equivariance_loss"] for h in module.history]
     return {
@@ -240,4 +286,5 @@ def fit_basis(
         "wall_time_s": wall,
         "samples_per_s": n * len(losses) / wall if wall > 0 else float("nan"),
         "epochs": len(losses),
+        "world_size": trainer.world_size,
     }

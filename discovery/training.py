@@ -9,11 +9,14 @@ loads the best weights back and freezes the model for stage 2.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import pickle
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,67 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from atlasd.discovery.predictors import LOSS_KINDS, LossKind, loss_terms
 
-__all__ = ["NaNLossError", "PredictorModule", "evaluate_predictor", "train_predictors"]
+__all__ = [
+    "EpochSampler",
+    "LastCheckpoint",
+    "NaNLossError",
+    "PredictorModule",
+    "checkpoint_errors",
+    "evaluate_predictor",
+    "last_checkpoint",
+    "train_predictors",
+]
 
 
 class NaNLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class LastCheckpoint(Callback):
+    """Keep ``folder/last.ckpt``: the full state after every finished epoch (weights, optimiser,
+    scheduler, callbacks, loop counters), which is what a resume starts from.
+
+    Written through a temp file and a rename, so a run killed while saving leaves the previous
+    epoch's checkpoint intact instead of a truncated one.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: Any) -> None:
+        tmp = self.folder / ".last.ckpt.tmp"
+        # rank zero writes, every rank waits at the barrier inside save_checkpoint
+        trainer.save_checkpoint(tmp, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.folder / "last.ckpt")
+
+
+def last_checkpoint(folder: str | Path) -> LastCheckpoint:
+    """The callback that keeps ``folder/last.ckpt`` (see :class:`LastCheckpoint`)."""
+    return LastCheckpoint(folder)
+
+
+@contextlib.contextmanager
+def checkpoint_errors(ckpt_path: str | Path | None) -> Iterator[None]:
+    """Turn the errors of resuming from an unsuitable checkpoint into one clear ValueError."""
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise ValueError(f"checkpoint not found: {ckpt_path}")
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        if ckpt_path is None or "state_dict" not in text:
+            raise
+        detail = " ".join(text.split())[:300]
+        raise ValueError(
+            f"checkpoint {ckpt_path} does not fit this model (another architecture?): {detail}"
+        ) from exc
+    except (KeyError, EOFError, pickle.UnpicklingError) as exc:
+        if ckpt_path is None:
+            raise
+        raise ValueError(
+            f"checkpoint {ckpt_path} is not a usable Lightning checkpoint: {exc!r}"
+        ) from exc
 
 
 class PredictorModule(lightning.LightningModule):
@@ -86,19 +145,30 @@ class PredictorModule(lightning.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         num, den = self._terms(batch)
         loss = num.sum() / den.sum()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
+        n = len(batch[0])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         num, den = self._terms(batch)
         n = len(batch[0])
-        self.log("val_loss", num.sum() / den.sum(), prog_bar=True, batch_size=n)
+        # synced across processes, so early stopping and the best checkpoint agree under DDP
+        self.log("val_loss", num.sum() / den.sum(), prog_bar=True, batch_size=n, sync_dist=True)
         per_chart = num / den
         if per_chart.numel() > 1:
             self.log_dict({f"val_loss/chart_{k}": v for k, v in enumerate(per_chart)}, batch_size=n)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["atlasd_stage"] = "predictors"
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("atlasd_stage", "predictors") != "predictors":
+            raise ValueError(
+                f"not a predictor checkpoint (it is from stage {checkpoint['atlasd_stage']!r})"
+            )
 
 
 class _StopOnNonFiniteLoss(Callback):
@@ -133,6 +203,37 @@ class _History(Callback):
             if key in m:
                 row[key] = float(m[key])
         self.epochs.append(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        # kept in checkpoints, so a resumed run reports every epoch, not only the resumed ones
+        return {"epochs": list(self.epochs)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict["epochs"])
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Shuffles with a permutation that depends only on ``(seed, epoch)``.
+
+    A sampler with one running generator makes epoch e's order depend on how many epochs ran
+    in this process; Lightning calls ``set_epoch`` before every epoch, so with this sampler a run
+    resumed at epoch e sees exactly the batches an uninterrupted run sees.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 # ----------------------------------------------------------------------------- validation
@@ -300,6 +401,7 @@ def train_predictors(
     class_weights: Tensor | None = None,
     enable_progress_bar: bool = False,
     trainer_kwargs: Mapping[str, Any] | None = None,
+    ckpt_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (in place) to predict ``y`` from ``x``; return metrics.
 
@@ -317,8 +419,9 @@ def train_predictors(
         patience: epochs without a val-loss improvement before early stopping.
         seed: seeds the split and the shuffling; with the same initial ``model`` weights, the
             same seed gives the same trained weights (on CPU).
-        run_dir: if given, the best checkpoint goes to ``run_dir/checkpoints/predictor-*.ckpt``
-            and Lightning's default logs under ``run_dir``; otherwise both go to a temporary
+        run_dir: if given, the best weights go to ``run_dir/best-*.ckpt``, the full state of
+            the last finished epoch (optimiser, early stopping, history) to ``run_dir/last.ckpt``
+            and Lightning's default logs under ``run_dir``; otherwise all go to a temporary
             folder that is removed afterwards (give a logger with its own ``save_dir`` then).
         logger: passed to :class:`lightning.Trainer` (False, True or a Logger, e.g. wandb).
         class_weights: ``(C,)`` cross-entropy class weights.
@@ -326,6 +429,9 @@ def train_predictors(
         trainer_kwargs: extra :class:`lightning.Trainer` arguments (``accelerator``,
             ``devices``, ``precision``, ... as given by ``--trainer.*`` on the command line);
             they override the defaults here, ``callbacks`` are added to ours.
+        ckpt_path: a ``last.ckpt`` of an interrupted run of the same model and data: training
+            resumes after its epoch and ends with the weights an uninterrupted run would have.
+            A checkpoint of another architecture raises ValueError naming the mismatch.
 
     Returns:
         ``{"train_loss", "val_loss", "val_loss_per_chart", "epochs", "best_epoch",
@@ -363,9 +469,8 @@ def train_predictors(
     train_loader = DataLoader(
         TensorDataset(x_train, y_train),
         batch_size=batch_size,
-        shuffle=True,
-        # Seeded from `seed` only: the shuffling never reads or advances the global RNG.
-        generator=torch.Generator().manual_seed(seed + 1),
+        # seeded from `seed` and the epoch only: never the global RNG, identical on resume
+        sampler=EpochSampler(len(train_idx), seed + 1),
     )
     val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=batch_size)
 
@@ -379,8 +484,8 @@ def train_predictors(
         root.mkdir(parents=True, exist_ok=True)
     try:
         checkpoint = ModelCheckpoint(
-            dirpath=root / "checkpoints",
-            filename="predictor-{epoch:03d}",
+            dirpath=root,
+            filename="best-{epoch:03d}",
             monitor="val_loss",
             mode="min",
             save_top_k=1,
@@ -391,7 +496,8 @@ def train_predictors(
             _StopOnNonFiniteLoss(),
             EarlyStopping(monitor="val_loss", mode="min", patience=patience),
             checkpoint,
-            history,
+            history,  # before the last checkpoint, so the saved state holds this epoch's row
+            last_checkpoint(root),
         ]
         kwargs: dict[str, Any] = {
             "accelerator": "cpu",
@@ -417,8 +523,16 @@ def train_predictors(
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             # Lightning 2.6 itself trips a torch 2.13 deprecation; nothing a caller can act on.
             warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
-            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            with checkpoint_errors(ckpt_path):
+                trainer.fit(
+                    module,
+                    train_dataloaders=train_loader,
+                    val_dataloaders=val_loader,
+                    ckpt_path=ckpt_path,
+                    weights_only=True,
+                )
         wall = time.perf_counter() - start
+        world_size = trainer.world_size
 
         best_path = checkpoint.best_model_path
         if not best_path:
@@ -456,4 +570,5 @@ def train_predictors(
         "n_train": len(train_idx),
         "n_val": n_val,
         "history": history.epochs,
+        "world_size": world_size,
     }

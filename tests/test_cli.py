@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from known_groups import so2
+from wandb_records import read_offline_run
 
 from atlasd.cli import main
 from atlasd.group import DiscoveredGroup
@@ -123,9 +124,20 @@ def test_discover_writes_run_folder_and_offline_wandb(tmp_path, capsys):
     table = json.loads(table.read_text())
     assert table["columns"] == ["component", "det", "representative"]
     assert len(table["data"]) == group.n_components
-    assert runs[0].joinpath(f"run-{runs[0].name.split('-')[-1]}.wandb").stat().st_size > 0
+    logged = read_offline_run(runs[0])
+    # losses per stage, predictor validation, similarity to the truth per epoch, final figures
+    assert {
+        "train_loss", "val_loss", "val_loss/chart_18", "basis/equivariance_loss",
+        "basis/similarity_to_truth", "final/similarity_to_truth", "final/n_components",
+        "final/wall_time_s/total",
+    } <= logged["history"]  # fmt: skip
+    assert {"similarity_to_truth", "cosets_match_truth"} <= logged["summary"]
+    config = logged["config"]
+    assert config["task"] == "heat" and config["data"]["n"] == 48
+    assert config["training"]["basis_epochs"] == 2
 
 
 def test_discover_bad_task_and_seeds(tmp_path, capsys):
     assert main(["discover", "--task", "nope", "--run_dir", str(tmp_path)]) == 1
-    assert "unknown task 'nope'; known tasks: heat" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown task 'nope'; known tasks: climate, heat, jets, sphere_digits" in err

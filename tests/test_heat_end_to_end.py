@@ -38,6 +38,9 @@ def test_heat_discovery_end_to_end(tmp_path, capsys):
     group = atlasd.load_group(run_dir / "group.json")
     assert group.contains(torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64))
     assert (run_dir / "group.png").stat().st_size > 10_000
-    assert list((run_dir / "checkpoints").glob("predictor-*.ckpt"))
+    assert list((run_dir / "stages" / "predictors").glob("best-*.ckpt"))
+    assert {"predictors.json", "basis.json", "cosets.json", "run.json"} <= {
+        p.name for p in (run_dir / "stages").iterdir()
+    }
     assert set(metrics["wall_time_s"]) >= {"predictors", "basis", "cosets", "total"}
     assert "similarity to truth" in capsys.readouterr().out

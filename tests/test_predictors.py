@@ -354,8 +354,11 @@ def test_train_predictors_learns_is_deterministic_and_freezes(tmp_path):
     assert metrics["samples_per_s"] > 0 and metrics["wall_time_s"] > 0
     assert (metrics["n_train"], metrics["n_val"]) == (115, 13)
 
-    ckpts = sorted((tmp_path / "checkpoints").glob("predictor-*.ckpt"))
+    ckpts = sorted(tmp_path.glob("best-*.ckpt"))
     assert [str(p) for p in ckpts] == [metrics["best_checkpoint"]]
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)  # full state, for resuming
+    assert last["atlasd_stage"] == "predictors" and last["optimizer_states"]
+    assert last["epoch"] == metrics["epochs"] - 1
     state = torch.load(ckpts[0], weights_only=True)["state_dict"]
     for name, value in model.state_dict().items():
         assert torch.equal(state["model." + name], value)  # the best weights are loaded
@@ -401,7 +404,7 @@ def test_train_predictors_rejects_bad_input_before_training(tmp_path):
     for (xx, yy), kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
             train_predictors(model, xx, yy, run_dir=tmp_path, max_epochs=1, **kw)
-    assert not (tmp_path / "checkpoints").exists()
+    assert not list(tmp_path.glob("*.ckpt"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
     logits_model = ChartCNN.for_radii(2, 1, 3, 6, 2)
