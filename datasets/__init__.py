@@ -2,7 +2,8 @@
 
 Every task's DataModule exposes, after ``setup()``, the tensors ``x`` and ``y``, its ``kind``
 ("local", "global" or "distribution"), its ``atlas`` for local tasks, and ``ground_truth`` (a dict
-with "algebra" (k, d, d) and "cosets" (m, d, d) tensors) where the symmetry is known.
+with "algebra" (k, d, d) and "cosets" (m, d, d) tensors, and "in_rep" (k, c, c) where the channels
+carry a known representation) where the symmetry is known.
 """
 
 from __future__ import annotations

@@ -464,7 +464,9 @@ def discover_local(
             target = torch.cat(
                 [
                     atlas.extract(
-                        torch.nn.functional.one_hot(y[i : i + 256], c_out).movedim(-1, 1).float()
+                        torch.nn.functional.one_hot(y[i : i + 256].long(), c_out)
+                        .movedim(-1, 1)
+                        .float()
                     ).argmax(2)
                     for i in range(0, n, 256)
                 ]
@@ -676,6 +678,7 @@ def discover_global(
 def discover_distribution(
     x: Tensor,
     *,
+    atlas: Atlas | None = None,
     n_generators: int = 1,
     cosets: bool = False,
     seed: int = 0,
@@ -692,7 +695,13 @@ def discover_distribution(
 
     Args:
         x: samples (N, d), used as given: the group acts on the raw coordinates (centre the
-            data first if the symmetry is about the mean).
+            data first if the symmetry is about the mean); or, with ``atlas``, fields
+            (N, C, H, W): each sample is then the stack of its chart patches, transformed by
+            ``atlasd.act`` (2x2 generators, one element per sample and chart) and compared inside
+            the charts' inscribed discs, so corners that rotate out of a patch do not count.
+            One chart covering the whole field asks LieGAN's question: is a global
+            transformation of the picture a symmetry of the data distribution?
+        atlas: the charts for field samples (cosets are not searched in this mode).
         n_generators, cosets, seed, **training: as in discover_local.
         blur: Sinkhorn blur (length scale of the transport cost), in units of x.
 
@@ -706,30 +715,57 @@ def discover_distribution(
     if n_generators < 1:
         raise ValueError(f"n_generators must be >= 1, got {n_generators}")
     _check_finite(x, "x")
-    if x.ndim != 2:
+    if atlas is not None:
+        if x.ndim != 4:
+            raise ValueError(f"with an atlas, x must be fields (N, C, H, W), got {tuple(x.shape)}")
+        if cosets:
+            raise ValueError("cosets are not searched for fields in distribution mode")
+    elif x.ndim != 2:
         raise ValueError(f"x must be (N, d) samples, got shape {tuple(x.shape)}")
-    n, d = x.shape
+    n = x.shape[0]
     if n < 2 * cfg.batch_size:
         raise ValueError(f"{n} samples is fewer than two independent batches of {cfg.batch_size}")
     if cfg.batch_size > 4096:
         raise ValueError(f"batch_size {cfg.batch_size} is too large for the tensorized backend")
     x = x.float()
     sinkhorn = SamplesLoss("sinkhorn", p=2, blur=blur, backend="tensorized")
-    metadata = _base_metadata("distribution", cfg, seed, n, n_generators, blur=blur)
-    store = _make_store("distribution", cfg, seed, n_generators, (x,), blur=blur)
+    extra = {"blur": blur} if atlas is None else {"blur": blur, "atlas": atlas.to_dict()}
+    metadata = _base_metadata("distribution", cfg, seed, n, n_generators, **extra)
+    store = _make_store("distribution", cfg, seed, n_generators, (x,), **extra)
 
-    def objective(batch, g, r_in, r_o):
-        (xb,) = batch
-        half = xb.shape[0] // 2
-        moved = torch.einsum("bij,bj->bi", g[:half], xb[:half])
-        return sinkhorn(moved, xb[half : 2 * half])
+    if atlas is None:
+        d = x.shape[1]
+        samples = x
+
+        def objective(batch, g, r_in, r_o):
+            (xb,) = batch
+            half = xb.shape[0] // 2
+            moved = torch.einsum("bij,bj->bi", g[:half], xb[:half])
+            return sinkhorn(moved, xb[half : 2 * half])
+
+        def group_shape(b: tuple[Tensor, ...]) -> tuple[int, ...]:
+            return (b[0].shape[0],)
+
+    else:
+        d = 2
+        samples = atlas.extract(x)  # (N, K, C, h, w)
+        mask = disc_mask(atlas.radius)
+
+        def objective(batch, g, r_in, r_o):
+            (pb,) = batch
+            half = pb.shape[0] // 2
+            moved = atlasd.act(g[:half], pb[:half]) * mask
+            return sinkhorn(moved.flatten(1), (pb[half : 2 * half] * mask).flatten(1))
+
+        def group_shape(b: tuple[Tensor, ...]) -> tuple[int, ...]:
+            return tuple(b[0].shape[:2])  # one element per sample and chart
 
     basis = LieBasis(
         n_generators, d, normalize=cfg.normalize, generator=torch.Generator().manual_seed(seed)
     )
     cfg2 = DiscoveryConfig(**{**asdict(cfg), "batch_size": 2 * cfg.batch_size})
     start = time.perf_counter()
-    metadata["basis"] = _fit(basis, objective, lambda b: (b[0].shape[0],), (x,), cfg2, seed, store)
+    metadata["basis"] = _fit(basis, objective, group_shape, (samples,), cfg2, seed, store)
     metadata["wall_time_s"]["basis"] = time.perf_counter() - start
 
     coset_score = None

@@ -574,7 +574,8 @@ def loss_terms(
     cdim = _class_dim(pred)
     n_cls = pred.shape[cdim]
     if class_weights is not None:
-        class_weights = class_weights.to(device=pred.device, dtype=pred.dtype)
+        # as_tensor: callers may pass a list (DiscoveryConfig.class_weights is list[float])
+        class_weights = torch.as_tensor(class_weights).to(device=pred.device, dtype=pred.dtype)
         if class_weights.shape != (n_cls,):
             raise ValueError(
                 f"class_weights must have shape ({n_cls},) (one per class), got "
