@@ -12,9 +12,16 @@ from typing import Any
 # public name -> submodule of atlasd.downstream that defines it
 _EXPORTS: dict[str, str] = {
     "equivariant_basis": "solver",
+    "EquivariantSolver": "solver",
+    "Rep": "solver",
+    "InvariantGate": "layers",
+    "EquivariantDeepSet": "layers",
+    "GaugeEquivariantConv": "gauge",
     "EquivariantLinear": "layers",
     "EquivariantMLP": "layers",
     "EquivariantConv2d": "conv",
+    "run_downstream": "experiments",
+    "write_report": "experiments",
     "estimate_llc": "llc",
     "LLCEstimate": "llc",
     "functional_dimension": "ranks",

@@ -1,0 +1,913 @@
+"""Equivariant linear maps for any discovered group: the constraint solver, representations
+(direct sums, tensor products, duals) and the solver's cache.
+
+Conventions
+-----------
+- A representation is given by generators ``B`` (k, n, n), one per generator of the group's Lie
+  algebra (in the order of ``group.algebra``), and discrete matrices ``H`` (c, n, n), one per
+  coset representative of ``group.cosets`` (identity first). A map ``W`` (m, n) from a
+  representation (B_in, H_in) to (B_out, H_out) is equivariant when
+  ``B_out W - W B_in = 0`` for every generator and ``H_out W H_in^-1 = W`` for every coset.
+- ``vec(W) = W.flatten()`` (row-major), so ``vec(B W) = (B kron I) vec(W)`` and
+  ``vec(W B) = (I kron B^T) vec(W)``.
+- Tensor products use the Kronecker sum for generators (``B kron I + I kron B'``) and the
+  Kronecker product for group elements; the feature of ``x kron y`` at index ``i * dim(y) + j``
+  is ``x_i y_j`` (row-major outer product). The dual of (B, H) is (-B^T, H^-T).
+- A :class:`Rep` is a direct sum of blocks ``mult * base``; channels are laid out block by block
+  and, inside a block, copy by copy: channel ``offset + copy * base.dim + component``.
+
+Rank selection
+--------------
+The basis is the null space of the Gram matrix ``G = sum_k C_k^T C_k + sum_c D_c^T D_c`` of the
+stacked constraints, solved in float64 with ``eigh``. Discovered generators carry noise, so the
+null space is not exactly null and an absolute cut-off (say 1e-5) either keeps spurious
+directions or loses true ones. The rank is picked at the largest relative gap of the spectrum:
+
+1. eigenvalues at the float64 floor (below ``exact_rtol * lambda_max``) are exact solutions
+   (maps such as the identity or the swap of a tensor square commute with noisy generators
+   exactly, so an exact and a noisy part of the null space often coexist);
+2. among the remaining eigenvalues, the largest ratio ``lambda_{j+1} / lambda_j`` between
+   neighbours marks the end of the (noisy) null space, provided it spans at least ``min_gap``
+   decades; otherwise the remaining eigenvalues are all constraints.
+
+Taking the largest gap of the whole spectrum instead would, in the mixed case, cut between the
+exact and the noisy solutions and lose the latter; step 1 prevents that. The spectrum, the cut
+and the gap are logged at DEBUG level and returned by :meth:`EquivariantSolver.solve`.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import logging
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from atlasd.group import DiscoveredGroup
+
+__all__ = [
+    "BaseRep",
+    "BasisCache",
+    "BasisSolution",
+    "EquivariantSolver",
+    "Rep",
+    "equivariant_basis",
+    "group_key",
+    "invariant_forms",
+    "sample_elements",
+]
+
+_F64 = torch.float64
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _matrices(x: Any, name: str, ndim: int = 3) -> Tensor:
+    """``x`` as a float64 tensor of ``ndim`` dims with square trailing matrices, all finite."""
+    if not isinstance(x, Tensor):
+        try:
+            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} must be a tensor of matrices, got {type(x).__name__}"
+            ) from None
+    # contiguous: torch.kron fails on some strided views
+    x = x.detach().to(device="cpu", dtype=_F64).contiguous()
+    if x.ndim != ndim or (ndim >= 2 and x.shape[-1] != x.shape[-2]):
+        want = "(k, d, d)" if ndim == 3 else "(d, d)"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf entries")
+    return x
+
+
+def _kron(a: Tensor, b: Tensor) -> Tensor:
+    """Kronecker product of matrices (p, q) x (r, s) -> (p*r, q*s), or of a matrix with a
+    batch of matrices (m, m) x (n, d, d) -> (n, m*d, m*d) (torch.kron fails on some strided
+    views)."""
+    if a.ndim == 2 and b.ndim == 2:
+        return (a[:, None, :, None] * b[None, :, None, :]).reshape(
+            a.shape[0] * b.shape[0], a.shape[1] * b.shape[1]
+        )
+    out = a[..., :, None, :, None] * b[..., None, :, None, :]
+    return out.reshape(*out.shape[:-4], a.shape[-2] * b.shape[-2], a.shape[-1] * b.shape[-1])
+
+
+def _batched_kron(a: Tensor, b: Tensor) -> Tensor:
+    """(k, p, q) x (k, r, s) -> (k, p*r, q*s): the Kronecker product of each pair."""
+    k, p, q = a.shape
+    _, r, s = b.shape
+    return torch.einsum("kab,kcd->kacbd", a, b).reshape(k, p * r, q * s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+class BasisCache:
+    """Bounded least-recently-used cache of solved bases.
+
+    Keys are SHA-256 digests of the shapes and of the float64 values rounded to ``decimals``
+    (never a repr, which prints few digits and hides values). A cache belongs to whoever
+    creates it (usually an :class:`EquivariantSolver` shared by the layers of one model), so
+    nothing is kept between unrelated models and nothing is global.
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        if maxsize < 0:
+            raise ValueError(f"maxsize must be >= 0, got {maxsize}")
+        self.maxsize = int(maxsize)
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(arrays: Sequence[Tensor | None], decimals: int, extra: str = "") -> str:
+        """Digest of ``arrays`` (None allowed) rounded to ``decimals`` and of ``extra``."""
+        h = hashlib.sha256(extra.encode())
+        for a in arrays:
+            if a is None:
+                h.update(b"none;")
+                continue
+            arr = np.round(a.detach().to("cpu", _F64).numpy(), decimals) + 0.0  # -0.0 -> 0.0
+            h.update(str(tuple(arr.shape)).encode() + b";")
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> Any | None:
+        if key in self._data:
+            self._data.move_to_end(key)
+            self.hits += 1
+            return self._data[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: str, value: Any) -> None:
+        if self.maxsize == 0:
+            return
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Solver
+
+
+@dataclass(frozen=True)
+class BasisSolution:
+    """A solved basis and how its rank was chosen.
+
+    Attributes:
+        basis: (r, m, n) float64, orthonormal in the Frobenius inner product.
+        eigenvalues: (m * n,) ascending eigenvalues of the normalised Gram matrix of the stacked
+            constraints (the squared singular values of the constraint operator).
+        rank: r.
+        n_exact: how many of the r solutions are exact (at the float64 floor).
+        gap: decades (log10 of the eigenvalue ratio) of the gap at the cut above the noisy
+            solutions; ``inf`` when all solutions are exact, ``nan`` when there is no cut (every
+            direction is a solution).
+    """
+
+    basis: Tensor
+    eigenvalues: Tensor
+    rank: int
+    n_exact: int
+    gap: float
+
+
+class EquivariantSolver:
+    """Solves equivariance constraints in float64 and caches the bases it has solved.
+
+    Args:
+        min_gap: smallest gap, in decades of the Gram eigenvalues (twice the decades of the
+            singular values), that separates noisy solutions from constraints. 2.0 means the
+            constraint singular values jump by 10x; the spectra of genuine constraints (weights
+            of the representations) rarely jump by that much between neighbours.
+        exact_rtol: eigenvalues below ``exact_rtol * lambda_max`` are exact solutions (float64
+            ``eigh`` has an error of about 1e-16 * lambda_max * size).
+        cache_size: number of solved bases kept (least recently used first out); 0 disables.
+        decimals: generator values are rounded to this many decimals for the cache key.
+        max_size: largest ``m * n`` solved densely; bigger maps must be split into blocks
+            (:class:`Rep` does so for the layers).
+    """
+
+    def __init__(
+        self,
+        *,
+        min_gap: float = 2.0,
+        exact_rtol: float = 1e-12,
+        cache_size: int = 256,
+        decimals: int = 10,
+        max_size: int = 2500,
+    ) -> None:
+        if min_gap <= 0:
+            raise ValueError(f"min_gap must be positive (decades), got {min_gap}")
+        if not 0 < exact_rtol < 1:
+            raise ValueError(f"exact_rtol must be in (0, 1), got {exact_rtol}")
+        self.min_gap = float(min_gap)
+        self.exact_rtol = float(exact_rtol)
+        self.decimals = int(decimals)
+        self.max_size = int(max_size)
+        self.cache = BasisCache(cache_size)
+
+    def basis(
+        self,
+        gens_in: Tensor,
+        gens_out: Tensor,
+        discrete_in: Tensor | None = None,
+        discrete_out: Tensor | None = None,
+    ) -> Tensor:
+        """Orthonormal basis (r, m, n) float64 of the equivariant maps; see :meth:`solve`."""
+        return self.solve(gens_in, gens_out, discrete_in, discrete_out).basis
+
+    def solve(
+        self,
+        gens_in: Tensor,
+        gens_out: Tensor,
+        discrete_in: Tensor | None = None,
+        discrete_out: Tensor | None = None,
+    ) -> BasisSolution:
+        """Solve ``B_out W = W B_in`` (all generators) and ``H_out W H_in^-1 = W`` (all cosets).
+
+        Args:
+            gens_in: (k, n, n) generators on the input space; k may be 0.
+            gens_out: (k, m, m) generators on the output space, same k.
+            discrete_in, discrete_out: (c, n, n) and (c, m, m) coset matrices, both or neither;
+                the identity may be included (it adds no constraint).
+
+        Returns:
+            A :class:`BasisSolution`; its basis is canonical for the solution space (it depends
+            on the space, not on how ``eigh`` happened to rotate degenerate eigenvectors).
+        """
+        B_in = _matrices(gens_in, "gens_in")
+        B_out = _matrices(gens_out, "gens_out")
+        if B_in.shape[0] != B_out.shape[0]:
+            raise ValueError(
+                f"gens_in has {B_in.shape[0]} generators but gens_out has {B_out.shape[0]}; "
+                "they must represent the same algebra elements"
+            )
+        if (discrete_in is None) != (discrete_out is None):
+            raise ValueError("give discrete_in and discrete_out together (or neither)")
+        H_in = H_out = None
+        if discrete_in is not None:
+            H_in = _matrices(discrete_in, "discrete_in")
+            H_out = _matrices(discrete_out, "discrete_out")
+            if H_in.shape[0] != H_out.shape[0]:
+                raise ValueError(
+                    f"discrete_in has {H_in.shape[0]} matrices but discrete_out has "
+                    f"{H_out.shape[0]}; they must represent the same coset representatives"
+                )
+            if H_in.shape[-1] != B_in.shape[-1] or H_out.shape[-1] != B_out.shape[-1]:
+                raise ValueError(
+                    f"discrete matrices {tuple(H_in.shape)} -> {tuple(H_out.shape)} do not match "
+                    f"the generators {tuple(B_in.shape)} -> {tuple(B_out.shape)}"
+                )
+        n, m = B_in.shape[-1], B_out.shape[-1]
+        if m * n > self.max_size:
+            raise ValueError(
+                f"a {m}x{n} map has {m * n} entries, more than max_size={self.max_size} for a "
+                "dense solve; split the representations into blocks (Rep does this for layers)"
+            )
+        key = BasisCache.key(
+            [B_in, B_out, H_in, H_out],
+            self.decimals,
+            extra=f"gap={self.min_gap};exact={self.exact_rtol}",
+        )
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        solution = self._solve(B_in, B_out, H_in, H_out)
+        self.cache.put(key, solution)
+        return solution
+
+    def _solve(
+        self, B_in: Tensor, B_out: Tensor, H_in: Tensor | None, H_out: Tensor | None
+    ) -> BasisSolution:
+        n, m = B_in.shape[-1], B_out.shape[-1]
+        N = m * n
+        eye_n = torch.eye(n, dtype=_F64)
+        eye_m = torch.eye(m, dtype=_F64)
+        G = torch.zeros(N, N, dtype=_F64)
+        for Bo, Bi in zip(B_out, B_in, strict=True):
+            # scale each generator's constraint to O(1): the null space does not depend on it,
+            # but the gap test compares eigenvalues of different constraints
+            scale = max(float(Bo.norm()), float(Bi.norm()))
+            if scale == 0.0:
+                continue
+            C = (_kron(Bo, eye_n) - _kron(eye_m, Bi.T.contiguous())) / scale
+            G += C.T @ C
+        if H_in is not None:
+            for Ho, Hi in zip(H_out, H_in, strict=True):
+                try:
+                    Hi_inv = torch.linalg.inv(Hi)
+                except torch.linalg.LinAlgError:
+                    raise ValueError("a discrete_in matrix is singular") from None
+                K = _kron(Ho, Hi_inv.T.contiguous())
+                D = (K - torch.eye(N, dtype=_F64)) / max(1.0, float(torch.linalg.norm(K, 2)))
+                G += D.T @ D
+        G = 0.5 * (G + G.T)
+        lam, U = torch.linalg.eigh(G)
+        lam = lam.clamp_min(0.0)
+        lam_max = float(lam[-1])
+        if lam_max <= 1e-300:
+            rank, n_exact, gap = N, N, math.nan
+        else:
+            exact = lam <= self.exact_rtol * lam_max
+            n_exact = int(exact.sum())
+            rank, gap = n_exact, (math.inf if n_exact else math.nan)
+            rest = torch.log10(lam[n_exact:])
+            if rest.numel() >= 2:
+                gaps = rest[1:] - rest[:-1]
+                j = int(torch.argmax(gaps))
+                if float(gaps[j]) >= self.min_gap:
+                    rank, gap = n_exact + j + 1, float(gaps[j])
+        lam_rel = lam / lam_max if lam_max > 0 else lam
+        if logger.isEnabledFor(logging.DEBUG):
+            shown = ", ".join(f"{v:.2e}" for v in lam_rel[: min(N, rank + 6)].tolist())
+            logger.debug(
+                "equivariant_basis %dx%d: rank %d (%d exact, gap %.2f decades); "
+                "relative spectrum starts %s",
+                m,
+                n,
+                rank,
+                n_exact,
+                gap,
+                shown,
+            )
+        basis = _canonical_rows(U[:, :rank].T).reshape(rank, m, n)
+        return BasisSolution(basis=basis, eigenvalues=lam_rel, rank=rank, n_exact=n_exact, gap=gap)
+
+
+def _canonical_rows(Q: Tensor) -> Tensor:
+    """A canonical orthonormal basis (rows) of the row space of ``Q`` (r, N) with orthonormal rows.
+
+    Greedy column pivoting (the column of largest norm, then of largest residual norm after
+    projecting out the chosen ones, ties to the first) uses only the projector ``Q^T Q``, so
+    the echelon form ``E`` with ``E[:, pivots] = I`` and its Gram-Schmidt orthonormalisation
+    depend on the space, not on the rotation ``eigh`` chose inside a degenerate eigenspace.
+    """
+    r = Q.shape[0]
+    if r == 0:
+        return Q
+    residual = Q.clone()
+    pivots: list[int] = []
+    for _ in range(r):
+        norms = residual.norm(dim=0)
+        if pivots:
+            norms[pivots] = -1.0
+        # ties (common: exact bases have many columns of equal norm) go to the first column,
+        # so that float noise cannot pick a different pivot for the same space
+        p = int(torch.nonzero(norms >= (1 - 1e-8) * norms.max())[0, 0])
+        pivots.append(p)
+        v = residual[:, p] / residual[:, p].norm()
+        residual = residual - v[:, None] * (v @ residual)[None, :]
+    piv = sorted(pivots)
+    E = torch.linalg.solve(Q[:, piv], Q)
+    q, R = torch.linalg.qr(E.T)
+    signs = torch.sign(torch.diagonal(R))
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    out = (q * signs).T.contiguous()
+    # float dust below 1e-14 would print as noise in exact bases (identity, metric)
+    return torch.where(out.abs() < 1e-14, torch.zeros_like(out), out)
+
+
+def equivariant_basis(
+    gens_in: Tensor,
+    gens_out: Tensor,
+    discrete_in: Tensor | None = None,
+    discrete_out: Tensor | None = None,
+    *,
+    solver: EquivariantSolver | None = None,
+) -> Tensor:
+    """Orthonormal basis of the equivariant linear maps between two representations.
+
+    ``{W (m, n) : B_out W - W B_in = 0 for all k;  H_out W H_in^-1 = W for all c}``, solved in
+    float64 from the Gram matrix of the stacked constraints with the rank at the largest
+    relative gap of its spectrum (see the module docstring); robust to noisy generators.
+
+    Args:
+        gens_in: (k, n, n) generators acting on the input.
+        gens_out: (k, m, m) generators acting on the output (same algebra elements).
+        discrete_in: (c, n, n) coset representatives acting on the input, or None.
+        discrete_out: (c, m, m) the same coset representatives acting on the output, or None.
+        solver: an :class:`EquivariantSolver` (thresholds and a shared cache); None solves
+            with default settings and no cache.
+
+    Returns:
+        (r, m, n) float64, orthonormal in the Frobenius inner product; r may be 0.
+    """
+    if solver is None:
+        solver = EquivariantSolver(cache_size=0)
+    return solver.basis(gens_in, gens_out, discrete_in, discrete_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Representations
+
+
+def group_key(group: DiscoveredGroup) -> str:
+    """Fingerprint of a group's algebra and cosets (rounded float64), naming the group that
+    representations belong to, so that representations of different groups never mix."""
+    return BasisCache.key([group.algebra, group.cosets], decimals=10, extra="group")[:16]
+
+
+@dataclass(frozen=True, eq=False)
+class BaseRep:
+    """One block type of a representation: generators and coset matrices of a fixed space.
+
+    Attributes:
+        name: readable name ("S", "V", "V⊗V", "V*", ...).
+        generators: (k, d, d) float64, one per generator of the group's algebra.
+        discrete: (c, d, d) float64, one per coset representative (identity first), or None
+            when the action of the non-identity components is unknown (then only the identity
+            component is imposed).
+        group: the fingerprint (:func:`group_key`) of the group it represents.
+        expr: how the block derives from the group's own matrices, when it does: ``("S",)``,
+            ``("V",)``, ``("⊗", a, b)`` or ``("*", a)``; None for blocks known only by their
+            generators. It lets :meth:`element` evaluate the representation exactly at any
+            group matrix (e.g. a rotation by 90 degrees), not only at exponentials.
+    """
+
+    name: str
+    generators: Tensor
+    discrete: Tensor | None
+    group: str
+    expr: tuple | None = None
+
+    def __post_init__(self) -> None:
+        key = BasisCache.key([self.generators, self.discrete], decimals=10, extra=self.group)
+        object.__setattr__(self, "_key", key)
+
+    @property
+    def dim(self) -> int:
+        return int(self.generators.shape[-1])
+
+    @property
+    def key(self) -> str:
+        """Digest of the values: equal keys mean the same representation."""
+        return self._key  # type: ignore[attr-defined]
+
+    @property
+    def is_trivial(self) -> bool:
+        """Whether the group acts as the identity (a scalar), up to 1e-9."""
+        if self.dim != 1:
+            return False
+        if self.generators.numel() and float(self.generators.abs().max()) > 1e-9:
+            return False
+        return self.discrete is None or bool((self.discrete - 1.0).abs().max() <= 1e-9)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BaseRep) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def tensor(self, other: BaseRep) -> BaseRep:
+        """Tensor product: Kronecker sum of generators, Kronecker product of coset matrices."""
+        a, b = self.generators, other.generators
+        eye_a = torch.eye(a.shape[-1], dtype=_F64).expand_as(a)
+        eye_b = torch.eye(b.shape[-1], dtype=_F64).expand_as(b)
+        gens = _batched_kron(a, eye_b) + _batched_kron(eye_a, b)
+        disc = None
+        if self.discrete is not None and other.discrete is not None:
+            disc = _batched_kron(self.discrete, other.discrete)
+        expr = None
+        if self.expr is not None and other.expr is not None:
+            expr = ("⊗", self.expr, other.expr)
+        return BaseRep(f"{self.name}⊗{other.name}", gens, disc, self.group, expr)
+
+    def dual(self) -> BaseRep:
+        """Dual representation: generators -B^T, coset matrices H^-T."""
+        disc = None if self.discrete is None else torch.linalg.inv(self.discrete).mT.contiguous()
+        if self.is_trivial:
+            name = self.name
+        elif self.name.endswith("*") and "⊗" not in self.name:
+            name = self.name[:-1]
+        else:
+            name = f"({self.name})*" if "⊗" in self.name else f"{self.name}*"
+        expr = None if self.expr is None else ("*", self.expr)
+        return BaseRep(name, -self.generators.mT.contiguous(), disc, self.group, expr)
+
+    def element(self, g: Tensor) -> Tensor | None:
+        """The representation of group matrices ``g`` (..., d, d) (in the group's own
+        coordinates), exactly, for blocks built from S and V; None when the block is known only
+        by its generators (see ``expr``). Float64, (..., dim, dim)."""
+        if self.expr is None:
+            return None
+        return _evaluate(self.expr, torch.as_tensor(g, dtype=_F64))
+
+    def matrices(self, coefficients: Tensor, component: Tensor) -> Tensor:
+        """Representation of ``H_component exp(sum_i c_i L_i)``: (n, d, d) float64.
+
+        Args:
+            coefficients: (n, k) algebra coefficients.
+            component: (n,) long, coset index (0 = identity component).
+        """
+        c = torch.as_tensor(coefficients, dtype=_F64)
+        comp = torch.as_tensor(component, dtype=torch.long)
+        g0 = torch.linalg.matrix_exp(torch.einsum("nk,kij->nij", c, self.generators))
+        if self.discrete is None:
+            if bool((comp != 0).any()):
+                raise ValueError(
+                    f"representation {self.name} has no known action on the non-identity components"
+                )
+            return g0
+        return self.discrete[comp] @ g0
+
+
+class Rep:
+    """A representation of a DiscoveredGroup: a direct sum of blocks ``mult * base``.
+
+    Build them from a group and combine them like e3nn's Irreps (but for any group)::
+
+        S, V = Rep.scalar(group), Rep.vector(group)
+        hidden = 16 * S + 8 * V + 2 * V * V      # direct sums, multiplicities, tensor products
+        Rep.parse(group, "16*S + 8*V + 2*V^2")    # the same from a string (e.g. a config)
+        V.dual(); V ** 3
+
+    Channels are laid out block by block and, inside a block, copy by copy (channel
+    ``offset + copy * base.dim + component``). The tensor product of two direct sums is the
+    direct sum of the products of their blocks, in order (left blocks outer); the product of
+    two single blocks uses the Kronecker layout.
+    """
+
+    __slots__ = ("_blocks",)
+
+    def __init__(self, blocks: Sequence[tuple[int, BaseRep]]) -> None:
+        merged: list[tuple[int, BaseRep]] = []
+        for mult, base in blocks:
+            if isinstance(mult, bool) or not isinstance(mult, int | np.integer):
+                raise ValueError(f"multiplicities must be integers, got {mult!r}")
+            if mult < 0:
+                raise ValueError(f"multiplicities must be >= 0, got {mult}")
+            if not isinstance(base, BaseRep):
+                raise ValueError(f"blocks must be BaseRep, got {type(base).__name__}")
+            if merged and merged[0][1].group != base.group:
+                raise ValueError("cannot combine representations of different groups")
+            if mult == 0:
+                continue
+            if merged and merged[-1][1] == base:  # neighbouring equal blocks share a block
+                merged[-1] = (merged[-1][0] + int(mult), base)
+            else:
+                merged.append((int(mult), base))
+        self._blocks: tuple[tuple[int, BaseRep], ...] = tuple(merged)
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def scalar(cls, group: DiscoveredGroup) -> Rep:
+        """The trivial representation S (dimension 1)."""
+        k, c = group.dim, group.n_components
+        base = BaseRep(
+            "S",
+            torch.zeros(k, 1, 1, dtype=_F64),
+            torch.ones(c, 1, 1, dtype=_F64),
+            group_key(group),
+            ("S",),
+        )
+        return cls([(1, base)])
+
+    @classmethod
+    def vector(cls, group: DiscoveredGroup) -> Rep:
+        """The defining representation V: the group's own matrices (algebra and cosets)."""
+        base = BaseRep(
+            "V",
+            group.algebra.to(_F64),
+            group.cosets.to(_F64).contiguous(),
+            group_key(group),
+            ("V",),
+        )
+        return cls([(1, base)])
+
+    @classmethod
+    def channels(cls, group: DiscoveredGroup, which: str = "in") -> Rep:
+        """The group's learned channel representation ``group.in_rep`` or ``group.out_rep``.
+
+        Its action on the non-identity components is unknown (the group file stores generators
+        only), so for a group with several components it is None and only the identity
+        component is imposed on these channels; a warning says so where it matters.
+        """
+        if which not in ("in", "out"):
+            raise ValueError(f"which must be 'in' or 'out', got {which!r}")
+        gens = group.in_rep if which == "in" else group.out_rep
+        if gens is None:
+            raise ValueError(f"the group has no {which}_rep (it was discovered without one)")
+        return cls.from_generators(group, gens, name=which)
+
+    @classmethod
+    def from_generators(
+        cls,
+        group: DiscoveredGroup,
+        generators: Tensor,
+        discrete: Tensor | None = None,
+        name: str = "R",
+    ) -> Rep:
+        """A representation given by its generators (k, d, d) (in the order of
+        ``group.algebra``) and optionally its coset matrices (c, d, d), identity first."""
+        gens = _matrices(generators, "generators")
+        if gens.shape[0] != group.dim:
+            raise ValueError(
+                f"{gens.shape[0]} generators given but the group's algebra has {group.dim}"
+            )
+        d = gens.shape[-1]
+        disc = None
+        if discrete is not None:
+            disc = _matrices(discrete, "discrete")
+            if disc.shape != (group.n_components, d, d):
+                raise ValueError(
+                    f"discrete must be ({group.n_components}, {d}, {d}) (one matrix per coset), "
+                    f"got {tuple(disc.shape)}"
+                )
+        elif group.n_components == 1:
+            disc = torch.eye(d, dtype=_F64)[None]
+        return cls([(1, BaseRep(name, gens, disc, group_key(group)))])
+
+    @classmethod
+    def parse(cls, group: DiscoveredGroup, spec: str) -> Rep:
+        """Parse a representation from a string such as ``"16*S + 8*V + 2*V^2 + dual(V)"``.
+
+        Names: ``S`` (scalar), ``V`` (the group's matrices), ``in`` / ``out`` (the group's
+        channel representations). Operators: ``+`` direct sum, ``n*R`` multiplicity, ``R*R``
+        tensor product, ``R^n`` / ``R**n`` tensor power, ``dual(R)``, parentheses.
+        """
+        if not isinstance(spec, str) or not spec.strip():
+            raise ValueError(f"representation spec must be a non-empty string, got {spec!r}")
+        text = spec.replace("^", "**").replace("⊗", "*")
+        # `in` is a Python keyword: rename the channel representations before parsing
+        text = re.sub(r"\bin\b", "in_", re.sub(r"\bout\b", "out_", text))
+        try:
+            tree = ast.parse(text, mode="eval")
+        except SyntaxError:
+            raise ValueError(f"cannot parse representation {spec!r}") from None
+        names = {"S": lambda: cls.scalar(group), "V": lambda: cls.vector(group)}
+        names["in_"] = lambda: cls.channels(group, "in")
+        names["out_"] = lambda: cls.channels(group, "out")
+
+        def ev(node: ast.AST) -> Rep | int:
+            if isinstance(node, ast.Expression):
+                return ev(node.body)
+            if isinstance(node, ast.Constant) and isinstance(node.value, int):
+                return node.value
+            if isinstance(node, ast.Name) and node.id in names:
+                return names[node.id]()
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mult | ast.Pow):
+                a, b = ev(node.left), ev(node.right)
+                if isinstance(node.op, ast.Add):
+                    if not (isinstance(a, Rep) and isinstance(b, Rep)):
+                        raise ValueError(f"'+' joins representations, in {spec!r}")
+                    return a + b
+                if isinstance(node.op, ast.Pow):
+                    if not (isinstance(a, Rep) and isinstance(b, int)):
+                        raise ValueError(f"'^' needs a representation and an integer, in {spec!r}")
+                    return a**b
+                return a * b  # type: ignore[operator]
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "dual"
+                and len(node.args) == 1
+                and not node.keywords
+            ):
+                arg = ev(node.args[0])
+                if not isinstance(arg, Rep):
+                    raise ValueError(f"dual() takes a representation, in {spec!r}")
+                return arg.dual()
+            raise ValueError(
+                f"cannot parse representation {spec!r}: unexpected {ast.unparse(node)!r} "
+                "(use S, V, in, out, +, *, ^, dual(...))"
+            )
+
+        out = ev(tree)
+        if isinstance(out, int):
+            out = out * cls.scalar(group)
+        return out
+
+    @classmethod
+    def coerce(cls, group: DiscoveredGroup, spec: Rep | str | int | Tensor) -> Rep:
+        """A Rep from a Rep (checked against ``group``), a string (:meth:`parse`), an int n
+        (n scalars) or generators (k, d, d)."""
+        if isinstance(spec, Rep):
+            if spec.group != group_key(group):
+                raise ValueError(f"representation {spec} belongs to a different group")
+            return spec
+        if isinstance(spec, str):
+            return cls.parse(group, spec)
+        if isinstance(spec, int | np.integer) and not isinstance(spec, bool):
+            if spec < 1:
+                raise ValueError(f"a number of scalar channels must be >= 1, got {spec}")
+            return int(spec) * cls.scalar(group)
+        if isinstance(spec, Tensor | np.ndarray):
+            return cls.from_generators(group, spec)
+        raise ValueError(
+            f"cannot make a representation from {type(spec).__name__}; "
+            "give a Rep, a string like '4*S + 2*V', an int or generators (k, d, d)"
+        )
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def blocks(self) -> tuple[tuple[int, BaseRep], ...]:
+        """((multiplicity, base), ...) in channel order."""
+        return self._blocks
+
+    @property
+    def group(self) -> str:
+        return self._blocks[0][1].group if self._blocks else ""
+
+    @property
+    def dim(self) -> int:
+        return sum(m * b.dim for m, b in self._blocks)
+
+    def slices(self) -> Iterator[tuple[slice, int, BaseRep]]:
+        """(channel slice, multiplicity, base) for every block."""
+        offset = 0
+        for mult, base in self._blocks:
+            yield slice(offset, offset + mult * base.dim), mult, base
+            offset += mult * base.dim
+
+    @property
+    def is_trivial(self) -> bool:
+        return all(b.is_trivial for _, b in self._blocks)
+
+    @property
+    def generators(self) -> Tensor:
+        """(k, D, D) block-diagonal generators (float64)."""
+        mats = [_kron(torch.eye(m, dtype=_F64), b.generators) for m, b in self._blocks]
+        return _block_diag_batched(mats)
+
+    @property
+    def discrete(self) -> Tensor | None:
+        """(c, D, D) block-diagonal coset matrices, or None if some block's action is unknown."""
+        if any(b.discrete is None for _, b in self._blocks):
+            return None
+        mats = [_kron(torch.eye(m, dtype=_F64), b.discrete) for m, b in self._blocks]
+        return _block_diag_batched(mats)
+
+    def matrices(self, coefficients: Tensor, component: Tensor) -> Tensor:
+        """Representation of the elements ``H_component exp(sum_i c_i L_i)``.
+
+        Args:
+            coefficients: (n, k) algebra coefficients; component: (n,) coset indices.
+
+        Returns:
+            (n, D, D) float64 block-diagonal matrices.
+        """
+        mats = []
+        for mult, base in self._blocks:
+            g = base.matrices(coefficients, component)
+            mats.append(_kron(torch.eye(mult, dtype=_F64), g) if mult > 1 else g)
+        return _block_diag_batched(mats)
+
+    def element(self, g: Tensor) -> Tensor | None:
+        """Exact representation (..., D, D) of group matrices g (..., d, d), or None when some
+        block is known only by its generators (see :meth:`BaseRep.element`)."""
+        mats = []
+        for mult, base in self._blocks:
+            e = base.element(g)
+            if e is None:
+                return None
+            mats.append(_kron(torch.eye(mult, dtype=_F64), e) if mult > 1 else e)
+        lead = mats[0].shape[:-2]
+        D = sum(m.shape[-1] for m in mats)
+        out = torch.zeros(*lead, D, D, dtype=_F64)
+        o = 0
+        for m in mats:
+            d = m.shape[-1]
+            out[..., o : o + d, o : o + d] = m
+            o += d
+        return out
+
+    # ----------------------------------------------------------------- algebra
+    def __add__(self, other: Rep) -> Rep:
+        if not isinstance(other, Rep):
+            return NotImplemented
+        return Rep(self._blocks + other._blocks)
+
+    def __radd__(self, other: Any) -> Rep:
+        if other == 0:  # sum([...]) starts from 0
+            return self
+        return NotImplemented
+
+    def __mul__(self, other: Rep | int) -> Rep:
+        if isinstance(other, int | np.integer) and not isinstance(other, bool):
+            return Rep([(m * int(other), b) for m, b in self._blocks])
+        if isinstance(other, Rep):
+            return Rep([(m * n, a.tensor(b)) for m, a in self._blocks for n, b in other._blocks])
+        return NotImplemented
+
+    def __rmul__(self, other: int) -> Rep:
+        if isinstance(other, int | np.integer) and not isinstance(other, bool):
+            return self * other
+        return NotImplemented
+
+    def __pow__(self, n: int) -> Rep:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"tensor powers need an integer >= 1, got {n!r}")
+        out = self
+        for _ in range(n - 1):
+            out = out * self
+        return out
+
+    def dual(self) -> Rep:
+        return Rep([(m, b.dual()) for m, b in self._blocks])
+
+    def restrict(self, group: DiscoveredGroup, coefficients: Tensor) -> Rep:
+        """The same representation seen by a subgroup whose algebra generators are
+        ``sum_j coefficients[a, j] L_j`` (coefficients (k', k) in the basis of this
+        representation's group) and whose cosets are those of ``group``."""
+        U = torch.as_tensor(coefficients, dtype=_F64)
+        key = group_key(group)
+        blocks = []
+        for m, b in self._blocks:
+            gens = torch.einsum("aj,jxy->axy", U, b.generators)
+            blocks.append((m, BaseRep(b.name, gens, b.discrete, key, b.expr)))
+        return Rep(blocks)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rep) and self._blocks == other._blocks
+
+    def __hash__(self) -> int:
+        return hash(self._blocks)
+
+    def __repr__(self) -> str:
+        if not self._blocks:
+            return "0"
+        return " + ".join(b.name if m == 1 else f"{m}*{b.name}" for m, b in self._blocks)
+
+
+def _evaluate(expr: tuple, g: Tensor) -> Tensor:
+    """Evaluate a block's expression (see :class:`BaseRep`) at group matrices g (..., d, d)."""
+    head = expr[0]
+    if head == "S":
+        return torch.ones(*g.shape[:-2], 1, 1, dtype=_F64)
+    if head == "V":
+        return g
+    if head == "*":
+        return torch.linalg.inv(_evaluate(expr[1], g)).mT
+    a, b = _evaluate(expr[1], g), _evaluate(expr[2], g)
+    out = torch.einsum("...ab,...cd->...acbd", a, b)
+    return out.reshape(*out.shape[:-4], a.shape[-2] * b.shape[-2], a.shape[-1] * b.shape[-1])
+
+
+def _block_diag_batched(mats: Sequence[Tensor]) -> Tensor:
+    """Block-diagonal (k, D, D) from a list of (k, d_i, d_i)."""
+    if not mats:
+        return torch.zeros(0, 0, 0, dtype=_F64)
+    k = mats[0].shape[0]
+    D = sum(m.shape[-1] for m in mats)
+    out = torch.zeros(k, D, D, dtype=_F64)
+    o = 0
+    for m in mats:
+        d = m.shape[-1]
+        out[:, o : o + d, o : o + d] = m
+        o += d
+    return out
+
+
+def invariant_forms(base: BaseRep, solver: EquivariantSolver | None = None) -> Tensor:
+    """Invariant bilinear forms of a block: basis (r, d, d) of M with ``x^T M y`` invariant,
+    i.e. the equivariant maps ``base ⊗ base -> S`` reshaped. Float64."""
+    square = base.tensor(base)
+    k = base.generators.shape[0]
+    zeros = torch.zeros(k, 1, 1, dtype=_F64)
+    if square.discrete is None:
+        W = equivariant_basis(square.generators, zeros, solver=solver)
+    else:
+        ones = torch.ones(square.discrete.shape[0], 1, 1, dtype=_F64)
+        W = equivariant_basis(square.generators, zeros, square.discrete, ones, solver=solver)
+    return W.reshape(-1, base.dim, base.dim)
+
+
+def sample_elements(
+    group: DiscoveredGroup,
+    n: int,
+    scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Random group elements as (coefficients (n, k) float64, component (n,) long): the element
+    is ``cosets[component] @ exp(sum_i c_i L_i)``, ``c ~ N(0, scale^2)``, components uniform.
+    :meth:`Rep.matrices` turns them into matrices of any representation."""
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    c = torch.randn(n, group.dim, generator=generator, dtype=_F64) * scale
+    comp = torch.randint(group.n_components, (n,), generator=generator)
+    return c, comp

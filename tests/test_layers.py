@@ -1,0 +1,303 @@
+"""Equivariant linear layers, gates, MLPs and deep sets on the Lorentz group (float64, boosts of
+sizable rapidity), with and without a scaling generator."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from known_groups import so2, so13
+
+from atlasd import DiscoveredGroup
+from atlasd.downstream import EquivariantLinear, EquivariantMLP
+from atlasd.downstream.layers import EquivariantDeepSet, InvariantGate
+from atlasd.downstream.solver import EquivariantSolver, Rep, sample_elements
+
+F64 = torch.float64
+ETA = torch.diag(torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=F64))
+FAST = settings(max_examples=8, deadline=None)
+
+
+def lorentz(parity: bool = False, scaling: bool = False) -> DiscoveredGroup:
+    algebra = so13()
+    if scaling:
+        algebra = torch.cat([algebra, torch.eye(4, dtype=F64)[None]])
+    cosets = torch.stack([torch.eye(4, dtype=F64), ETA]) if parity else None
+    return DiscoveredGroup(algebra, cosets=cosets)
+
+
+def boost(rapidity: float, axis: int) -> torch.Tensor:
+    g = torch.eye(4, dtype=F64)
+    c, s = math.cosh(rapidity), math.sinh(rapidity)
+    g[0, 0] = g[axis, axis] = c
+    g[0, axis] = g[axis, 0] = s
+    return g
+
+
+def elements(group: DiscoveredGroup, n: int, seed: int, scale: float = 1.5):
+    """Sampled elements (coefficients, components) plus explicit boosts of rapidity 2.5 along
+    x, y, z (in the group's coefficient basis), as matrices of any rep via Rep.matrices."""
+    c, comp = sample_elements(group, n, scale=scale, generator=torch.Generator().manual_seed(seed))
+    L = group.algebra
+    extra = []
+    for axis in (1, 2, 3):
+        K = torch.zeros(4, 4, dtype=F64)
+        K[0, axis] = K[axis, 0] = 2.5
+        extra.append(
+            torch.linalg.lstsq(L.reshape(L.shape[0], -1).T, K.reshape(-1, 1)).solution[:, 0]
+        )
+    c = torch.cat([c, torch.stack(extra)])
+    comp = torch.cat([comp, torch.zeros(3, dtype=torch.long)])
+    return c, comp
+
+
+def apply(R: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(n, D, D) applied to (n, ..., D)."""
+    shape = x.shape
+    flat = x.reshape(shape[0], -1, shape[-1])
+    return (flat @ R.mT).reshape(shape)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest per-sample relative error."""
+    a, b = a.detach(), b.detach()
+    return float(((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).max())
+
+
+def test_explicit_boosts_are_large():
+    group = lorentz()
+    c, comp = elements(group, 0, seed=0)
+    V = Rep.vector(group)
+    g = V.matrices(c, comp)
+    assert torch.allclose(g[0], boost(2.5, 1), atol=1e-10)
+    assert float(g.abs().max()) > 6.0  # cosh 2.5
+
+
+# --- EquivariantLinear ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parity", "spec_in", "spec_out", "n_free"),
+    [
+        (False, "V", "V", 1),
+        (False, "V*V", "V*V", 4),
+        (True, "V*V", "V*V", 3),
+        (False, "V*V", "S", 1),
+        (False, "V", "S", 0),
+        (True, "2*V + 3*S + V^2", "V + 2*S + V*V", 2 + 6 + 2 + 3 + 3),
+    ],
+)
+def test_linear_parameter_counts_and_equivariance(parity, spec_in, spec_out, n_free):
+    group = lorentz(parity)
+    gen = torch.Generator().manual_seed(0)
+    layer = EquivariantLinear(group, spec_in, spec_out, bias=False, dtype=F64, generator=gen)
+    assert layer.n_free_parameters == n_free
+    c, comp = elements(group, 12, seed=1)
+    Rin, Rout = layer.rep_in.matrices(c, comp), layer.rep_out.matrices(c, comp)
+    x = torch.randn(15, layer.rep_in.dim, dtype=F64, generator=gen)
+    W = layer.weight_matrix()
+    assert W.shape == (layer.rep_out.dim, layer.rep_in.dim)
+    if n_free:
+        assert rel_err(layer(apply(Rin, x)), apply(Rout, layer(x))) < 1e-10
+    else:
+        assert float(W.abs().max()) == 0.0
+
+
+def test_equivariant_bias_is_invariant():
+    group = lorentz(parity=True)
+    layer = EquivariantLinear(group, "V", "3*S + V*V + V", dtype=F64)
+    with torch.no_grad():
+        layer.bias.normal_(generator=torch.Generator().manual_seed(0))
+    assert layer.bias.numel() == 3 + 1  # scalars, and the metric in V⊗V; V has no invariant
+    b = layer.bias_vector().detach()
+    c, comp = elements(group, 10, seed=2)
+    R = layer.rep_out.matrices(c, comp)
+    assert float((R @ b - b).abs().max() / b.abs().max()) < 1e-10
+    assert torch.allclose(b[3:19].reshape(4, 4) / b[3], ETA, atol=1e-10)
+
+
+def test_linear_initial_scale_is_lecun_like():
+    group = lorentz()
+    layer = EquivariantLinear(
+        group, "16*S + 8*V", "16*S + 8*V", bias=False, generator=torch.Generator().manual_seed(0)
+    )
+    x = torch.randn(4000, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ratio = float(layer(x).square().mean() / x.square().mean())
+    assert 0.3 < ratio < 3.0
+
+
+def test_linear_errors():
+    group = lorentz()
+    layer = EquivariantLinear(group, "V", "S + V")
+    with pytest.raises(ValueError, match="dimension 4"):
+        layer(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="cannot parse"):
+        EquivariantLinear(group, "V + W", "V")
+    with pytest.raises(ValueError, match="different group"):
+        EquivariantLinear(group, Rep.vector(DiscoveredGroup(so2())), "V")
+
+
+def test_shared_solver_cache_is_used():
+    group = lorentz()
+    solver = EquivariantSolver()
+    EquivariantLinear(group, "4*V + S", "4*V + S", solver=solver)
+    misses = solver.cache.misses
+    EquivariantLinear(group, "2*V + 3*S", "V + S", solver=solver)
+    assert solver.cache.misses == misses and solver.cache.hits > 0
+
+
+# --- gates and MLPs -----------------------------------------------------------------------
+
+
+def test_gate_invariants_are_minkowski_products():
+    group = lorentz()
+    gate = InvariantGate(group, "S + 2*V", dtype=F64)
+    assert gate.n_invariants == 1 + 3  # the scalar, and x1.x1, x1.x2, x2.x2
+    x = torch.randn(5, 9, dtype=F64, generator=torch.Generator().manual_seed(0))
+    inv = gate.invariants(x)
+    v1, v2 = x[:, 1:5], x[:, 5:9]
+    mink = torch.stack([(v1 @ ETA * v1).sum(1), (v1 @ ETA * v2).sum(1), (v2 @ ETA * v2).sum(1)], 1)
+    scale = inv[:, 1:] / mink
+    assert torch.allclose(scale, scale[0, 0].expand_as(scale), atol=1e-12)
+    assert torch.equal(inv[:, 0], x[:, 0])
+
+
+@given(seed=st.integers(0, 1000), parity=st.booleans())
+@FAST
+def test_mlp_equivariance_with_boosts(seed, parity):
+    group = lorentz(parity)
+    gen = torch.Generator().manual_seed(seed)
+    mlp = EquivariantMLP(
+        group, "V", "V + 2*S", hidden=["6*S + 3*V", "6*S + 2*V + V^2"], dtype=F64, generator=gen
+    )
+    assert not mlp.normalizer.active
+    c, comp = elements(group, 10, seed=seed + 1)
+    x = torch.randn(13, 4, dtype=F64, generator=gen)
+    Rin, Rout = mlp.rep_in.matrices(c, comp), mlp.rep_out.matrices(c, comp)
+    with torch.no_grad():
+        y = mlp(x)
+        assert rel_err(mlp(apply(Rin, x)), apply(Rout, y)) < 1e-10
+    # the invariant outputs vary with the input (relative spread), they are not constants
+    assert float((y[:, 4:].std(dim=0) / y[:, 4:].abs().mean(dim=0)).min()) > 1e-3
+
+
+def test_mlp_scale_normalisation_makes_the_scaling_group_exact():
+    group = lorentz(scaling=True)
+    gen = torch.Generator().manual_seed(0)
+    # without normalisation nothing is invariant: the gates are constants
+    plain = EquivariantMLP(group, "V", "2*S", hidden="4*S + 2*V", scale="none", dtype=F64)
+    assert plain.net.layers[1].n_invariants == 4  # only the scalar channels, no forms of V
+    mlp = EquivariantMLP(group, "V", "V + 2*S", hidden=["6*S + 3*V"] * 2, dtype=F64, generator=gen)
+    assert mlp.normalizer.active and mlp.normalizer.group.dim == 6  # so(1,3) is left
+    c, comp = elements(group, 10, seed=3)
+    # add explicit scalings by e^{+-1.2}
+    L = group.algebra
+    ident = torch.linalg.lstsq(L.reshape(7, -1).T, torch.eye(4, dtype=F64).reshape(-1, 1)).solution
+    c = torch.cat([c, 1.2 * ident.T, -1.2 * ident.T, c[:3] + 0.7 * ident.T])
+    comp = torch.zeros(c.shape[0], dtype=torch.long)
+    Rin, Rout = mlp.rep_in.matrices(c, comp), mlp.rep_out.matrices(c, comp)
+    assert float(torch.linalg.det(Rin).abs().log().abs().max()) > 4.0  # scalings are present
+    x = torch.randn(c.shape[0], 4, dtype=F64, generator=gen)
+    assert rel_err(mlp(apply(Rin, x)), apply(Rout, mlp(x))) < 1e-10
+    with pytest.raises(ValueError, match="no isotropic scaling"):
+        EquivariantMLP(lorentz(), "V", "S", hidden="2*S + V", scale="normalize")
+
+
+def test_mlp_learns_an_invariant():
+    """Regress the Minkowski square of a 4-vector, squashed by tanh, from 128 samples."""
+    group = lorentz()
+    gen = torch.Generator().manual_seed(1)
+    mlp = EquivariantMLP(group, "V", "S", hidden=["8*S + 4*V"], generator=gen)
+    x = torch.randn(128, 4, generator=gen)
+    y = torch.tanh((x @ ETA.float() * x).sum(1, keepdim=True))
+    opt = torch.optim.Adam(mlp.parameters(), lr=0.03)
+    first = None
+    for _ in range(60):
+        loss = (mlp(x) - y).square().mean()
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    final = float(loss.detach())
+    assert final < 0.1 * first and final < 0.06
+
+
+def test_deep_set_invariances_and_mask():
+    group = lorentz(parity=True, scaling=False)
+    gen = torch.Generator().manual_seed(0)
+    model = EquivariantDeepSet(
+        group, "V", 2, phi_hidden=["6*S + 3*V"], rho_hidden=["6*S"], dtype=F64, generator=gen
+    )
+    x = torch.randn(9, 7, 4, dtype=F64, generator=gen)
+    mask = torch.rand(9, 7, generator=gen) > 0.3
+    y = model(x, mask)
+    assert y.shape == (9, 2)
+    c, comp = elements(group, 6, seed=4)
+    R = Rep.vector(group).matrices(c, comp)
+    assert rel_err(model(apply(R, x), mask), y) < 1e-10
+    perm = torch.randperm(7, generator=gen)
+    assert rel_err(model(x[:, perm], mask[:, perm]), y) < 1e-12
+    garbage = torch.where(mask[..., None], x, torch.randn(x.shape, dtype=F64, generator=gen))
+    assert rel_err(model(garbage, mask), y) < 1e-12  # padded entries are ignored
+    with pytest.raises(ValueError, match="mask must have shape"):
+        model(x, mask[:, :3])
+
+
+def test_deep_set_with_scaling_group_is_invariant_per_set():
+    group = lorentz(scaling=True)
+    model = EquivariantDeepSet(
+        group,
+        "V",
+        3,
+        phi_hidden=["4*S + 2*V"],
+        rho_hidden=[],
+        dtype=F64,
+        generator=torch.Generator().manual_seed(0),
+    )
+    # massless constituents (E = |p|): each has zero Minkowski norm, the set has a mass
+    p = torch.randn(5, 6, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x = torch.cat([p.norm(dim=-1, keepdim=True), p], dim=-1)
+    y = model(x)
+    assert bool(torch.isfinite(y).all())
+    for lam in (0.2, 7.0):
+        assert rel_err(model(lam * x @ boost(1.8, 3).T), y) < 1e-10
+    # one set's normaliser does not depend on another set
+    assert rel_err(model(torch.cat([x[:1], 3 * x[1:]]))[:1], y[:1]) < 1e-12
+
+
+def test_gate_on_fields_uses_the_channel_axis():
+    group = DiscoveredGroup(so2())
+    gate = InvariantGate(group, "2*S + V", dtype=F64)
+    f = torch.randn(3, 4, 5, 5, dtype=F64, generator=torch.Generator().manual_seed(0))
+    out = gate(f, dim=1)
+    assert out.shape == f.shape
+    R = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=F64)
+    rot = f.clone()
+    rot[:, 2:4] = torch.einsum("ij,bjhw->bihw", R, f[:, 2:4])
+    expected = out.clone()
+    expected[:, 2:4] = torch.einsum("ij,bjhw->bihw", R, out[:, 2:4])
+    assert torch.allclose(gate(rot, dim=1), expected, atol=1e-12)
+
+
+def test_noisy_discovered_group_gives_a_nearly_lorentz_equivariant_mlp():
+    """Generators with 1e-3 noise: the solver recovers the metric and the identity, so the MLP
+    is equivariant to the true Lorentz group to the noise level (measured 2.6e-4; 2.6e-6 for
+    noise 1e-5)."""
+    gen = torch.Generator().manual_seed(0)
+    noisy = DiscoveredGroup(
+        so13() + 1e-3 * torch.randn(6, 4, 4, generator=gen, dtype=F64),
+        cosets=torch.stack([torch.eye(4, dtype=F64), ETA]),
+    )
+    mlp = EquivariantMLP(noisy, "V", "V + 2*S", hidden=["6*S + 3*V"] * 2, dtype=F64, generator=gen)
+    true = lorentz(parity=True)
+    c, comp = elements(true, 10, seed=1)
+    R = Rep.vector(true).matrices(c, comp)
+    R_out = (Rep.vector(true) + 2 * Rep.scalar(true)).matrices(c, comp)
+    x = torch.randn(13, 4, dtype=F64, generator=gen)
+    with torch.no_grad():
+        err = rel_err(mlp(apply(R, x)), apply(R_out, mlp(x)))
+    assert 1e-7 < err < 1e-3
