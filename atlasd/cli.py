@@ -41,6 +41,13 @@ def build_parser() -> ArgumentParser:
     disc = _subparser("Discover the symmetry group of a task's data and write DIR/group.json.")
     disc.add_argument("--task", type=str, default="heat", help="dataset name (atlasd.datasets)")
     disc.add_argument("--data", type=dict, default={}, help="keyword arguments of the DataModule")
+    disc.add_argument(
+        "--discovery.kind",
+        type=str | None,
+        default=None,
+        help="local, global or distribution (default: the task's own); distribution on a "
+        "field task compares transformed chart patches with the data (LieGAN's criterion)",
+    )
     disc.add_argument("--discovery.n_generators", type=int, default=1)
     disc.add_argument("--discovery.cosets", type=bool, default=True)
     disc.add_argument("--discovery.learn_in_rep", type=bool, default=False)
@@ -87,6 +94,23 @@ def build_parser() -> ArgumentParser:
     )
     _add_trainer_arguments(disc)
     sub.add_subcommand("discover", disc, help="run discovery on a task and save the group")
+
+    down = _subparser(
+        "Train a baseline and a model built from a discovered group on a task's data, with the "
+        "same budget and seeds, and write DIR/report.json and DIR/report.md."
+    )
+    down.add_argument("--task", type=str, default="sphere_digits", help="dataset name")
+    down.add_argument("--data", type=dict, default={}, help="keyword arguments of the DataModule")
+    down.add_argument("--training", type=dict, default={}, help="epochs, lr, batch_size, ...")
+    down.add_argument("--models", type=dict, default={}, help="sizes of the two models")
+    down.add_argument("--group", type=str, help="a group.json written by `atlasd discover`")
+    down.add_argument("--seeds", type=list[int], default=[0, 1, 2])
+    down.add_argument(
+        "--run_dir", type=str | None, default=None, help="default runs/<task>-downstream"
+    )
+    down.add_argument("--logger", type=str, default="wandb", help="'wandb' or 'none'")
+    down.add_argument("--wandb_project", type=str, default="atlasd")
+    sub.add_subcommand("downstream", down, help="compare a baseline with a group-built model")
 
     show = _subparser("Print a DiscoveredGroup's summary and write its plot.")
     show.add_argument("group", type=str, help="path to a group.json file")
@@ -209,6 +233,69 @@ def _cmd_discover(cfg, trainer: dict) -> int:
     return 0
 
 
+def _cmd_downstream(cfg) -> int:
+    from atlasd.datasets import TASKS
+    from atlasd.group import DiscoveredGroup
+    from atlasd.io import check_writable
+
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    if not cfg.group:
+        raise ValueError("--group GROUP.json is required (a group written by `atlasd discover`)")
+    path = Path(cfg.group)
+    if not path.is_file():
+        raise FileNotFoundError(f"no group file at {path}")
+    group = DiscoveredGroup.load(path)
+    run_dir = check_writable(Path(cfg.run_dir or f"runs/{cfg.task}-downstream"))
+    from atlasd.downstream.experiments import run_downstream, write_report
+
+    config = {
+        "task": cfg.task,
+        "data": _coerce(cfg.data or {}),
+        "training": _coerce(cfg.training or {}),
+        "models": _coerce(cfg.models or {}),
+    }
+    report = run_downstream(config, group, run_dir, list(cfg.seeds))
+    write_report(report, run_dir)
+    if cfg.logger == "wandb":
+        _log_report(cfg, report, run_dir)
+    print(report["table"])
+    print(f"report written to {run_dir / 'report.md'}")
+    return 0
+
+
+def _log_report(cfg, report: dict, run_dir: Path) -> None:
+    """A downstream or degeneracy report on a wandb dashboard: its table and headline numbers
+    (offline unless an API key is set; nothing when WANDB_MODE=disabled)."""
+    import os
+
+    if os.environ.get("WANDB_MODE") == "disabled":
+        return
+    import wandb
+
+    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    run = wandb.init(
+        project=cfg.wandb_project,
+        name=f"{cfg.task}-report",
+        dir=str(run_dir),
+        mode=os.environ.get("WANDB_MODE", mode),
+        config={k: v for k, v in report.get("config", {}).items()},
+    )
+    rows = [
+        {"model": name, **{m: f"{v['mean']:.4g} +- {v['sd']:.2g}" for m, v in r["metrics"].items()},
+         "raw_parameters": r.get("raw_parameters"), "free_parameters": r.get("free_parameters")}
+        for name, r in report.get("models", {}).items()
+    ]  # fmt: skip
+    if rows:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        data = [[str(r.get(c, "")) for c in columns] for r in rows]
+        run.log({"report/table": wandb.Table(columns=columns, data=data)})
+    run.summary.update(
+        {k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    )
+    run.finish()
+
+
 def _wandb_logger(cfg, run_dir: Path, seed: int):
     """A Lightning WandbLogger writing under run_dir; offline unless an API key is configured
     (runs sync later with `wandb sync`), None when disabled. Never waits on a network."""
@@ -290,6 +377,9 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
     truth = getattr(dm, "ground_truth", None)
     if truth is not None:
         training.setdefault("reference_algebra", truth["algebra"])
+    class_weights = getattr(dm, "class_weights", None)
+    if class_weights is not None:
+        training.setdefault("class_weights", [float(w) for w in class_weights])
     wandb_logger = _wandb_logger(cfg, run_dir, seed)
     extra = dict(trainer)
     if wandb_logger is not None:
@@ -297,7 +387,9 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
     if extra:
         training["trainer_kwargs"] = {**training.get("trainer_kwargs", {}), **extra}
     disc = cfg.discovery
-    kind = getattr(dm, "kind", "local")
+    kind = disc.kind or getattr(dm, "kind", "local")
+    if kind not in ("local", "global", "distribution"):
+        raise ValueError(f"discovery.kind must be local, global or distribution, got {kind!r}")
     common = dict(n_generators=disc.n_generators, cosets=disc.cosets, seed=seed, **training)
     if kind == "local":
         group = atlasd.discover_local(
@@ -312,7 +404,8 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
     elif kind == "global":
         group = atlasd.discover_global(dm.x, dm.y, **common)
     else:
-        group = atlasd.discover_distribution(dm.x, **common)
+        fields = dm.x.ndim == 4 and getattr(dm, "atlas", None) is not None
+        group = atlasd.discover_distribution(dm.x, atlas=dm.atlas if fields else None, **common)
 
     metrics: dict = {
         "task": cfg.task,
@@ -329,6 +422,13 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
             found = [bool(group.contains(h, tol=tol)) for h in expected]
             metrics["truth_cosets_found"] = found
             metrics["cosets_match_truth"] = all(found) and group.n_components == len(expected)
+        truth_rep = truth.get("in_rep")
+        if truth_rep is not None and group.in_rep is not None:
+            from atlasd.datasets.climate import representation_error
+
+            metrics["in_rep_vs_truth"] = representation_error(
+                group.algebra, group.in_rep, truth["algebra"], truth_rep
+            )
         group = DiscoveredGroup(
             group.algebra,
             cosets=group.cosets,
@@ -369,7 +469,12 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
     return metrics
 
 
-_COMMANDS = {"show": _cmd_show, "check": _cmd_check, "discover": _cmd_discover}
+_COMMANDS = {
+    "show": _cmd_show,
+    "check": _cmd_check,
+    "discover": _cmd_discover,
+    "downstream": _cmd_downstream,
+}
 
 
 class UsageError(ValueError):

@@ -490,6 +490,10 @@ def train_predictors(
             mode="min",
             save_top_k=1,
             save_weights_only=True,
+            # at validation end, i.e. before the last checkpoint is taken at train-epoch end
+            # (Lightning runs ModelCheckpoints after all other callbacks), so a resumed run
+            # restores a best path that exists
+            save_on_train_epoch_end=False,
         )
         history = _History()
         callbacks: list[Callback] = [

@@ -160,3 +160,16 @@ def test_config_parser_fuzz(tmp_path, content):
         return
     assert isinstance(cfg.discover.seed, int)
     assert isinstance(cfg.discover.data, dict)
+
+
+def test_downstream_group_of_the_wrong_dimension(tmp_path, capsys):
+    group = tmp_path / "group.json"
+    DiscoveredGroup(so2()).save(group)
+    run_dir = tmp_path / "down"
+    argv = ["downstream", "--task", "jets", "--data", json.dumps({"n": 64}), "--group",
+            str(group), "--run_dir", str(run_dir), "--logger", "none"]  # fmt: skip
+    assert main(argv) == 1
+    assert "group acts on R^2 but task jets needs R^4" in _error_line(capsys)
+    assert not (run_dir / "report.json").exists()
+    assert main([*argv[:5], "--group", str(tmp_path / "absent.json")]) == 1
+    assert "no group file" in _error_line(capsys)

@@ -149,3 +149,27 @@ def test_cli_resume_flags_and_checkpoint_errors(tmp_path, capsys):
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("atlasd: error")]
     assert len(errors) == 1 and "does not fit this model (another architecture?)" in errors[0]
     assert (run_dir / "group.json").read_bytes() == before
+
+
+def test_resume_from_the_final_checkpoint_finds_the_best_weights(tmp_path):
+    """A run killed after its last epoch but before its stage record resumes from last.ckpt:
+    nothing is trained again and the best checkpoint it restores still exists (the best
+    checkpoint is taken before the last one, so the saved state never names a deleted file)."""
+    from atlasd.discovery.predictors import ChartCNN
+    from atlasd.discovery.training import train_predictors
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 1, 9, 9, generator=gen)
+    y = 2 * x[..., 2:7, 2:7]
+
+    def model():
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            return ChartCNN.for_radii(3, 1, 1, 4, 2, hidden=4)
+
+    kw = dict(max_epochs=3, patience=10, batch_size=8, run_dir=tmp_path)
+    first = train_predictors(model(), x, y, **kw)
+    again = train_predictors(model(), x, y, ckpt_path=tmp_path / "last.ckpt", **kw)
+    assert again["best_checkpoint"] == first["best_checkpoint"]
+    assert again["val_loss"] == first["val_loss"]
+    assert [r["epoch"] for r in again["history"]] == [0, 1, 2]
