@@ -24,8 +24,18 @@ _EXPORTS: dict[str, str] = {
     "write_report": "experiments",
     "estimate_llc": "llc",
     "LLCEstimate": "llc",
+    "LLCHealthWarning": "llc",
+    "LLCHealthError": "llc",
     "functional_dimension": "ranks",
-    "emulability": "emulability",
+    "jacobian_spectrum": "ranks",
+    "gauss_newton_spectrum": "ranks",
+    "effective_dimension": "ranks",
+    "llc_rank_bounds": "ranks",
+    "emulability": "emulate",
+    "emulation": "emulate",
+    "Emulation": "emulate",
+    "parameter_symmetries": "emulate",
+    "lie_derivative": "emulate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -344,4 +344,3 @@ def test_learned_output_representation_is_contragredient(plane_data, seed):
     assert cosine > 0.98
     assert float((rho - expected).norm() / expected.norm()) < 0.25
     assert G.in_rep is None
-

@@ -1,0 +1,342 @@
+"""Ranks and spectra of the parameter-to-output map: functional dimension, Gauss-Newton spectrum,
+effective dimension and the rank bounds on the learning coefficient.
+
+All linear algebra is in float64 on a float64 copy of the model (the model itself is untouched).
+
+* The Jacobian ``J = d f(inputs) / d params`` has one row per output entry (``n`` samples times the
+  output size) and one column per trainable parameter (``d``). It is formed with per-sample
+  ``torch.func.jacrev``, vmapped over chunks of inputs; when it has more rows than ``2 d`` the
+  rows are folded into the ``d x d`` triangular factor of a QR decomposition, which has the same
+  singular values, so memory stays ``O(d^2 + chunk rows * d)``.
+* Rank tolerance (documented, used everywhere here): a singular value ``s_i`` of ``J`` counts when
+  ``s_i > tol * s_max``, with the relative ``tol`` defaulting to ``max(rows, d) * eps`` of float64
+  (NumPy's ``matrix_rank`` convention).
+* Gauss-Newton matrix for the per-sample loss ``0.5 |f(x) - y|^2`` (the default of
+  :func:`atlasd.downstream.estimate_llc`): ``G = J^T J / n``, the Hessian of ``L_n`` at a
+  zero-residual parameter. Its eigenvalues are ``s_i^2 / n`` and its rank, at the same
+  tolerance on ``s_i``, is the functional dimension (:attr:`JacobianSpectrum.rank`).
+* Effective dimension at inverse temperature ``n_beta`` and localisation ``gamma``:
+  ``sum_i n_beta mu_i / (n_beta mu_i + gamma)``. On a quadratic basin with Hessian eigenvalues
+  ``mu_i`` the localised posterior is Gaussian and the LLC estimator converges to *half* of it.
+* Rank bounds (Watanabe): with ``r`` the rank of the Hessian of ``K`` at a true parameter and
+  ``d`` parameters, ``r / 2 <= lambda <= r / 2 + (d - r) / 4``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+__all__ = [
+    "FlatModel",
+    "JacobianSpectrum",
+    "effective_dimension",
+    "functional_dimension",
+    "gauss_newton_spectrum",
+    "jacobian_spectrum",
+    "llc_rank_bounds",
+    "parameter_jacobian",
+]
+
+F64 = torch.float64
+
+
+class FlatModel:
+    """A module's trainable parameters as one flat vector, evaluated functionally.
+
+    ``flat(theta, x)`` runs ``model`` with parameters ``theta`` ``(d,)`` (split into views of the
+    parameter shapes, so gradients reach ``theta``) and its own buffers and frozen parameters.
+    Under ``torch.func.vmap`` ``theta`` may be one row of a stack of parameter vectors.
+
+    Attributes:
+        w: ``(d,)`` detached copy of the current trainable parameters (flattened in
+            ``named_parameters`` order).
+        names, shapes, sizes: the trainable parameters' names, shapes and sizes, in that order.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("model has no trainable parameters")
+        dtypes = sorted({str(p.dtype) for _, p in named})
+        if len(dtypes) != 1 or not named[0][1].is_floating_point():
+            raise ValueError(f"trainable parameters must share one floating dtype, got {dtypes}")
+        self.model = model
+        self.names = [k for k, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        self.w = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
+        if not bool(torch.isfinite(self.w).all()):
+            raise ValueError("model parameters contain NaN or Inf")
+        # frozen parameters and buffers are passed explicitly so functional_call sees all state
+        self.fixed = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
+        self.fixed.update(dict(model.named_buffers()))
+
+    @property
+    def n_parameters(self) -> int:
+        return int(self.w.numel())
+
+    def params(self, theta: Tensor) -> dict[str, Tensor]:
+        """``theta`` ``(d,)`` split into named views of the parameter shapes."""
+        parts = theta.split(self.sizes)
+        return {k: t.view(s) for k, t, s in zip(self.names, parts, self.shapes, strict=True)}
+
+    def slices(self) -> dict[str, slice]:
+        """Where each named parameter lives in the flat vector."""
+        out, start = {}, 0
+        for k, size in zip(self.names, self.sizes, strict=True):
+            out[k] = slice(start, start + size)
+            start += size
+        return out
+
+    def __call__(self, theta: Tensor, x: Tensor) -> Tensor:
+        return functional_call(self.model, {**self.params(theta), **self.fixed}, (x,))
+
+
+def float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 deep copy of ``model`` (floating parameters and buffers), in eval mode."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return copy.deepcopy(model).to(F64).eval()
+
+
+def check_inputs(inputs: Any, name: str = "inputs") -> Tensor:
+    """``inputs`` as a float64 tensor ``(n, ...)`` with ``n >= 1`` and no NaN/Inf."""
+    if not isinstance(inputs, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor (n, ...), got {type(inputs).__name__}")
+    if inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"{name} must have a non-empty sample dimension, got {tuple(inputs.shape)}"
+        )
+    if not inputs.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {inputs.dtype}")
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError(f"{name} contain NaN or Inf")
+    return inputs.to(F64)
+
+
+def _chunk_jacobians(
+    flat: FlatModel, inputs: Tensor, rows_per_chunk: int
+) -> tuple[list[Tensor], int]:
+    """Jacobian blocks ``(rows_c, d)`` for consecutive chunks of ``inputs``, and the output size
+    per sample.
+
+    Per-sample Jacobians (``vmap`` over samples of ``jacrev`` of one sample's output): the work
+    grows like ``n * out``, where one ``jacrev`` of the whole batch's output would cost
+    ``(n * out) * n``. Assumes samples do not interact (true for eval-mode models).
+    """
+    with torch.no_grad():
+        out0 = flat(flat.w, inputs[:1])
+    per_sample = max(1, out0.numel())
+    chunk = max(1, rows_per_chunk // per_sample)
+
+    def one(theta: Tensor, x: Tensor) -> Tensor:
+        return flat(theta, x.unsqueeze(0)).reshape(-1)
+
+    jac = vmap(jacrev(one), in_dims=(None, 0))
+    blocks = [
+        jac(flat.w, inputs[s : s + chunk]).reshape(-1, flat.n_parameters)
+        for s in range(0, inputs.shape[0], chunk)
+    ]
+    return blocks, per_sample
+
+
+def parameter_jacobian(model: nn.Module, inputs: Tensor, *, chunk_rows: int = 4096) -> Tensor:
+    """Jacobian of the model's outputs on ``inputs`` w.r.t. its trainable parameters, in float64.
+
+    Args:
+        model: maps ``(n, ...)`` to ``(n, ...)``; a float64 copy is differentiated.
+        inputs: ``(n, ...)`` samples.
+        chunk_rows: about this many output rows are differentiated per ``jacrev`` call.
+
+    Returns:
+        ``(n * out, d)`` float64, rows ordered sample-major (the model's flattened output), columns
+        in ``named_parameters`` order.
+    """
+    x = check_inputs(inputs)
+    flat = FlatModel(float64_copy(model))
+    blocks, _ = _chunk_jacobians(flat, x, _positive_int(chunk_rows, "chunk_rows"))
+    return torch.cat(blocks, dim=0)
+
+
+@dataclass(frozen=True)
+class JacobianSpectrum:
+    """Singular values of the parameter Jacobian and the ranks derived from them.
+
+    Attributes:
+        singular_values: ``(min(rows, d),)`` float64, descending.
+        n_samples: ``n``, the number of inputs.
+        n_rows: ``rows = n * out``, the Jacobian's row count.
+        n_parameters: ``d``.
+        tol: the relative tolerance used for :attr:`rank`.
+    """
+
+    singular_values: Tensor
+    n_samples: int
+    n_rows: int
+    n_parameters: int
+    tol: float
+
+    @property
+    def rank(self) -> int:
+        """Number of singular values above ``tol * s_max`` (the functional dimension)."""
+        s = self.singular_values
+        if s.numel() == 0 or float(s[0]) == 0.0:
+            return 0
+        return int((s > self.tol * s[0]).sum())
+
+    @property
+    def gap(self) -> float:
+        """``s[rank - 1] / s[rank]``: how cleanly the rank separates (inf when nothing is cut)."""
+        k, s = self.rank, self.singular_values
+        if k == 0 or k >= s.numel() or float(s[k]) == 0.0:
+            return math.inf
+        return float(s[k - 1] / s[k])
+
+    @property
+    def gauss_newton_eigenvalues(self) -> Tensor:
+        """``(d,)`` eigenvalues of ``J^T J / n``, descending (zeros padded to length ``d``)."""
+        mu = torch.zeros(self.n_parameters, dtype=F64)
+        s = self.singular_values
+        mu[: s.numel()] = s.square() / self.n_samples
+        return mu
+
+
+def jacobian_spectrum(
+    model: nn.Module, inputs: Tensor, tol: float | None = None, *, chunk_rows: int = 4096
+) -> JacobianSpectrum:
+    """Singular values of ``d f(inputs) / d params`` (float64) and the rank at ``tol``.
+
+    Args:
+        model: maps ``(n, ...)`` to ``(n, ...)``; a float64 copy is used, the model is untouched.
+        inputs: ``(n, ...)`` samples (use more output rows than parameters for a full-rank test).
+        tol: relative tolerance on singular values; default ``max(rows, d) * eps_float64``.
+        chunk_rows: output rows differentiated per ``jacrev`` call (memory bound).
+
+    Returns:
+        :class:`JacobianSpectrum`.
+    """
+    x = check_inputs(inputs)
+    flat = FlatModel(float64_copy(model))
+    d = flat.n_parameters
+    blocks, per_sample = _chunk_jacobians(flat, x, _positive_int(chunk_rows, "chunk_rows"))
+    rows = x.shape[0] * per_sample
+    # Fold rows into an R factor whenever the stack exceeds 2d rows: singular values are kept.
+    stack: list[Tensor] = []
+    count = 0
+    for block in blocks:
+        stack.append(block)
+        count += block.shape[0]
+        if count > 2 * d:
+            stack = [torch.linalg.qr(torch.cat(stack), mode="r").R]
+            count = stack[0].shape[0]
+    s = torch.linalg.svdvals(torch.cat(stack))
+    if tol is None:
+        tol = max(rows, d) * torch.finfo(F64).eps
+    else:
+        tol = float(tol)
+        if not (math.isfinite(tol) and 0.0 <= tol < 1.0):
+            raise ValueError(
+                f"tol is relative to the largest singular value: need 0 <= tol < 1, got {tol}"
+            )
+    return JacobianSpectrum(s, int(x.shape[0]), rows, d, tol)
+
+
+def functional_dimension(model: nn.Module, inputs: Tensor, tol: float | None = None) -> int:
+    """Rank of ``d f(inputs) / d params`` in float64 (see :func:`jacobian_spectrum` for ``tol``).
+
+    Exact on generic inputs: a one-hidden-layer ReLU network with ``h`` units and ``d``
+    parameters gives ``d - h`` (one rescaling per unit), minus ``n_in + n_out`` per unit dead on
+    all inputs; a deep linear network with input ``M``, output ``N`` and smallest width ``r``
+    gives ``r (M + N - r)``.
+    """
+    return jacobian_spectrum(model, inputs, tol).rank
+
+
+def gauss_newton_spectrum(model: nn.Module, inputs: Tensor) -> Tensor:
+    """``(d,)`` eigenvalues of the Gauss-Newton matrix ``J^T J / n`` (float64, descending).
+
+    For the loss ``0.5 |f(x) - y|^2`` averaged over ``n`` samples this is the Hessian of ``L_n``
+    at a zero-residual parameter (and its expectation at a true parameter with noisy targets).
+    """
+    return jacobian_spectrum(model, inputs).gauss_newton_eigenvalues
+
+
+def effective_dimension(eigenvalues: Tensor, n_beta: float, localization: float) -> float:
+    """``sum_i n_beta mu_i / (n_beta mu_i + gamma)`` for Hessian eigenvalues ``mu_i >= 0``.
+
+    Half of it is the value the localised-SGLD LLC estimate converges to on a quadratic basin
+    ``L_n(w) = L_n(w*) + (1/2) (w - w*)^T H (w - w*)`` (the localised tempered posterior is then
+    Gaussian with precision ``n_beta H + gamma I``), which separates sampler error from geometry.
+    With ``gamma = 0`` it is the number of non-zero eigenvalues.
+    """
+    mu = _eigenvalues(eigenvalues)
+    n_beta = float(n_beta)
+    gamma = float(localization)
+    if not (math.isfinite(n_beta) and n_beta > 0):
+        raise ValueError(f"n_beta must be finite and > 0, got {n_beta}")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"localization must be finite and >= 0, got {gamma}")
+    a = n_beta * mu
+    if gamma == 0:
+        return float((a > 0).sum())
+    return float((a / (a + gamma)).sum())
+
+
+def llc_rank_bounds(rank: int, n_parameters: int) -> tuple[float, float]:
+    """``(r / 2, r / 2 + (d - r) / 4)``: bounds on the learning coefficient at a true parameter
+    whose Hessian of ``K`` has rank ``r``, for ``d`` parameters."""
+    r = _nonnegative_int(rank, "rank")
+    d = _nonnegative_int(n_parameters, "n_parameters")
+    if r > d:
+        raise ValueError(f"rank {r} cannot exceed the number of parameters {d}")
+    return r / 2, r / 2 + (d - r) / 4
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _eigenvalues(eigenvalues: Any) -> Tensor:
+    if not isinstance(eigenvalues, Tensor):
+        eigenvalues = torch.as_tensor(eigenvalues, dtype=F64)
+    mu = eigenvalues.to(F64).reshape(-1)
+    if not bool(torch.isfinite(mu).all()):
+        raise ValueError("eigenvalues contain NaN or Inf")
+    scale = float(mu.abs().max()) if mu.numel() else 0.0
+    if bool((mu < -1e-10 * max(scale, 1e-300)).any()):
+        raise ValueError(
+            f"eigenvalues must be >= 0 (a Hessian at a minimum), min {float(mu.min())}"
+        )
+    return mu.clamp_min(0.0)
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got the bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+
+
+def _positive_int(value: Any, what: str) -> int:
+    out = _as_int(value, what)
+    if out < 1:
+        raise ValueError(f"{what} must be >= 1, got {out}")
+    return out
+
+
+def _nonnegative_int(value: Any, what: str) -> int:
+    out = _as_int(value, what)
+    if out < 0:
+        raise ValueError(f"{what} must be >= 0, got {out}")
+    return out
