@@ -117,11 +117,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import lightning
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
+
+from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
     "CLASS_NAMES",
@@ -1337,7 +1338,7 @@ def representation_error(
 # --------------------------------------------------------------------------------------------
 
 
-class ClimateDataModule(lightning.LightningDataModule):
+class ClimateDataModule(SplitsDataModule):
     """ClimateNet-style segmentation (0 background, 1 tropical cyclone, 2 atmospheric river).
 
     Args:
@@ -1518,25 +1519,3 @@ class ClimateDataModule(lightning.LightningDataModule):
         self.test_dataset = TensorDataset(self.x_test, self.y_test)
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
-        if self.x is None:
-            self.setup()
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self.test_dataset, shuffle=False)

@@ -94,9 +94,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
     "HEAT_ALPHA",
@@ -498,7 +499,7 @@ def heat_ground_truth() -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------
 
 
-class HeatDataModule(lightning.LightningDataModule):
+class HeatDataModule(SplitsDataModule):
     """AtlasD's heat task as a LightningDataModule.
 
     ``setup()`` generates the ``n`` samples once (seeded, :func:`generate_heat`) and splits them
@@ -588,26 +589,3 @@ class HeatDataModule(lightning.LightningDataModule):
         self.x, self.y = x, y
         self.train_dataset = TensorDataset(x[:n_train], y[:n_train])
         self.val_dataset = TensorDataset(x[n_train:], y[n_train:])
-
-    def _require_setup(self) -> None:
-        if self.train_dataset is None:
-            self.setup()
-
-    def train_dataloader(self) -> DataLoader:
-        self._require_setup()
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
-            num_workers=self.num_workers,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self._require_setup()
-        return DataLoader(
-            self.val_dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-        )

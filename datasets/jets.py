@@ -72,11 +72,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
     "B_MASS",
@@ -733,7 +734,7 @@ def read_top_tagging(
 # --------------------------------------------------------------------------------------------
 
 
-class JetsDataModule(lightning.LightningDataModule):
+class JetsDataModule(SplitsDataModule):
     """Top tagging as a LightningDataModule for global discovery (``kind = "global"``).
 
     ``source="synthetic"`` (default) generates ``n`` jets with :func:`generate_jets`;
@@ -860,23 +861,3 @@ class JetsDataModule(lightning.LightningDataModule):
             setattr(self, f"x_{part}", x[idx])
             setattr(self, f"y_{part}", y[idx])
             setattr(self, f"{part}_dataset", TensorDataset(x[idx], y[idx]))
-
-    def _loader(self, part: str, shuffle: bool) -> DataLoader:
-        if self.x is None:
-            self.setup()
-        return DataLoader(
-            getattr(self, f"{part}_dataset"),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -107,12 +107,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
     "BACKGROUND",
@@ -829,7 +830,7 @@ def sphere_digits_class_weights(background_weight: float = 0.1) -> list[float]:
 # --------------------------------------------------------------------------------------------
 
 
-class SphereDigitsDataModule(lightning.LightningDataModule):
+class SphereDigitsDataModule(SplitsDataModule):
     """Digits on the sphere as a LightningDataModule (see the module docstring).
 
     Args:
@@ -1001,29 +1002,3 @@ class SphereDigitsDataModule(lightning.LightningDataModule):
         self.train_dataset = TensorDataset(x[:n_train], y[:n_train])
         self.val_dataset = TensorDataset(x[n_train:], y[n_train:])
         self.test_dataset = TensorDataset(x_test, y_test)
-
-    def _require_setup(self) -> None:
-        if self.train_dataset is None:
-            self.setup()
-
-    def train_dataloader(self) -> DataLoader:
-        self._require_setup()
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
-            num_workers=self.num_workers,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self._require_setup()
-        return DataLoader(
-            self.val_dataset, batch_size=self.batch_size, num_workers=self.num_workers
-        )
-
-    def test_dataloader(self) -> DataLoader:
-        self._require_setup()
-        return DataLoader(
-            self.test_dataset, batch_size=self.batch_size, num_workers=self.num_workers
-        )

@@ -69,7 +69,6 @@ Health checks (per chain, reported in :class:`LLCEstimate` and warned about with
 from __future__ import annotations
 
 import math
-import operator
 import time
 import warnings
 from collections.abc import Callable
@@ -80,7 +79,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
-from atlasd.downstream.ranks import FlatModel
+from atlasd.downstream.ranks import FlatModel, _nonnegative_int, _positive_int
 
 __all__ = [
     "LLCEstimate",
@@ -452,29 +451,6 @@ def _health(
                 f" (> {explode_factor:g}); lower step_size or raise localization"
             )
     return problems
-
-
-def _positive_int(value: Any, what: str) -> int:
-    out = _as_int(value, what)
-    if out < 1:
-        raise ValueError(f"{what} must be >= 1, got {out}")
-    return out
-
-
-def _nonnegative_int(value: Any, what: str) -> int:
-    out = _as_int(value, what)
-    if out < 0:
-        raise ValueError(f"{what} must be >= 0, got {out}")
-    return out
-
-
-def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got the bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
 
 
 def _positive_float(value: Any, what: str) -> float:
