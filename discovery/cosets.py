@@ -102,6 +102,16 @@ def search_cosets(
                     component = j
                     break
             if component is None:
+                # the canonical form is a claim about a *different* matrix (a signed permutation
+                # times an identity-component element): it must pass the same test as h, or h
+                # itself stands for its component
+                with torch.no_grad():
+                    rep_loss = (
+                        sum(float(score(rep[None].to(H.dtype), gen)[0]) for _ in range(eval_rounds))
+                        / eval_rounds
+                    )
+                if rep_loss - (identity_loss if reference is None else reference) > threshold:
+                    rep = h
                 reps.append(rep)
                 component = len(reps) - 1
         records.append({"matrix": h.tolist(), "loss": loss_h, "kept": kept, "component": component})

@@ -344,3 +344,25 @@ def test_learned_output_representation_is_contragredient(plane_data, seed):
     assert cosine > 0.98
     assert float((rho - expected).norm() / expected.norm()) < 0.25
     assert G.in_rep is None
+
+
+def test_coset_search_checks_the_canonical_representative_it_reports():
+    """A kept candidate is reported by its canonical form (a signed permutation times an
+    identity-component element) only when that form passes the same test; a loose merge
+    tolerance must not turn a non-orthogonal matrix into a spurious clean reflection."""
+    from atlasd import lie
+    from atlasd.discovery.cosets import search_cosets
+
+    target = torch.tensor([[1.0, 0.5], [0.0, -1.0]])  # det -1, not in O(2)
+
+    def score(hs, gen):
+        return (hs - target).square().sum(dim=(1, 2))
+
+    loose = lie.canonical_coset_representative(target.double(), SO2, tol=0.6)
+    assert torch.allclose(loose, REFLECT)  # what the loose canonical form would claim
+    report = search_cosets(
+        score, SO2, n_candidates=6, steps=300, lr=0.05, threshold=1e-3, reference=0.0,
+        merge_tol=0.6,
+    )  # fmt: skip
+    assert report["cosets"].shape[0] == 2
+    assert torch.allclose(report["cosets"][1], target.double(), atol=1e-2)
