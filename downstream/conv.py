@@ -66,7 +66,15 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from atlasd.atlas import local_coordinates
-from atlasd.downstream.solver import BaseRep, BasisCache, EquivariantSolver, Rep, _kron
+from atlasd.downstream.solver import (
+    BaseRep,
+    BasisCache,
+    EquivariantSolver,
+    Rep,
+    _kron,
+    invariant_bias_vector,
+    register_invariant_bias,
+)
 
 if TYPE_CHECKING:
     from atlasd.group import DiscoveredGroup
@@ -545,23 +553,7 @@ class EquivariantConv2d(nn.Module):
         with torch.no_grad():
             for off, size, std in init:
                 self.weight[off : off + size].normal_(0.0, std, generator=generator)
-        self._bias_blocks: list[tuple[int, int]] = []
-        n_b = 0
-        if bias:
-            k = group.dim
-            zeros = torch.zeros(k, 1, 1, dtype=_F64)
-            for j, (_, m_out, bo) in enumerate(out_blocks):
-                if bo.discrete is None:
-                    Qb = solver.basis(zeros, bo.generators)
-                else:
-                    ones = torch.ones(bo.discrete.shape[0], 1, 1, dtype=_F64)
-                    Qb = solver.basis(zeros, bo.generators, ones, bo.discrete)
-                if Qb.shape[0] == 0:
-                    continue
-                self.register_buffer(f"bias_basis_{j}", Qb[..., 0].to(dtype), persistent=False)
-                self._bias_blocks.append((j, n_b))
-                n_b += Qb.shape[0] * m_out
-        self.bias = nn.Parameter(torch.zeros(n_b, dtype=dtype)) if bias else None
+        register_invariant_bias(self, out_blocks, solver, group.dim, dtype, bias)
         self._in_shapes = [(m, b.dim) for _, m, b in in_blocks]
         self._out_shapes = [(m, b.dim) for _, m, b in out_blocks]
 
@@ -647,19 +639,7 @@ class EquivariantConv2d(nn.Module):
 
     def bias_vector(self) -> Tensor | None:
         """The invariant bias (out_channels,), or None."""
-        if self.bias is None:
-            return None
-        present = dict(self._bias_blocks)
-        parts = []
-        for j, (m_out, d_out) in enumerate(self._out_shapes):
-            if j in present:
-                Qb = getattr(self, f"bias_basis_{j}")
-                r = Qb.shape[0]
-                w = self.bias[present[j] : present[j] + r * m_out].view(r, m_out)
-                parts.append(torch.einsum("ra,rd->ad", w, Qb).reshape(-1))
-            else:
-                parts.append(self.bias.new_zeros(m_out * d_out))
-        return torch.cat(parts)
+        return invariant_bias_vector(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

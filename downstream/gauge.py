@@ -43,7 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atlasd.downstream.solver import EquivariantSolver, Rep
+from atlasd.downstream.solver import (
+    EquivariantSolver,
+    Rep,
+    invariant_bias_vector,
+    register_invariant_bias,
+)
 
 if TYPE_CHECKING:
     from atlasd.group import DiscoveredGroup
@@ -279,18 +284,7 @@ class GaugeEquivariantConv(nn.Module):
         with torch.no_grad():
             for off, size, std in init:
                 self.weight[off : off + size].normal_(0.0, std, generator=generator)
-        self._bias_blocks: list[tuple[int, int]] = []
-        n_b = 0
-        if bias:
-            zeros = torch.zeros(1, 1, 1, dtype=_F64)
-            for j, (_, m_out, bo) in enumerate(out_blocks):
-                Qb = solver.basis(zeros, bo.generators)
-                if Qb.shape[0] == 0:
-                    continue
-                self.register_buffer(f"bias_basis_{j}", Qb[..., 0].to(dtype), persistent=False)
-                self._bias_blocks.append((j, n_b))
-                n_b += Qb.shape[0] * m_out
-        self.bias = nn.Parameter(torch.zeros(n_b, dtype=dtype)) if bias else None
+        register_invariant_bias(self, out_blocks, solver, 1, dtype, bias)
 
     # ------------------------------------------------------------------ kernel construction
     def _rings(self, dist: Tensor, r: int) -> Tensor:
@@ -366,19 +360,7 @@ class GaugeEquivariantConv(nn.Module):
         return self._assemble("planar", 2)
 
     def bias_vector(self) -> Tensor | None:
-        if self.bias is None:
-            return None
-        present = dict(self._bias_blocks)
-        parts = []
-        for j, (m_out, d_out) in enumerate(self._out_shapes):
-            if j in present:
-                Qb = getattr(self, f"bias_basis_{j}")
-                rk = Qb.shape[0]
-                w = self.bias[present[j] : present[j] + rk * m_out].view(rk, m_out)
-                parts.append(torch.einsum("ra,rd->ad", w, Qb).reshape(-1))
-            else:
-                parts.append(self.bias.new_zeros(m_out * d_out))
-        return torch.cat(parts)
+        return invariant_bias_vector(self)
 
     def forward(self, x: Tensor) -> Tensor:
         H, W = self.shape

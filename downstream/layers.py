@@ -40,7 +40,9 @@ from atlasd.downstream.solver import (
     BaseRep,
     EquivariantSolver,
     Rep,
+    invariant_bias_vector,
     invariant_forms,
+    register_invariant_bias,
 )
 
 if TYPE_CHECKING:
@@ -159,24 +161,8 @@ class EquivariantLinear(nn.Module):
         with torch.no_grad():
             for off, size, std in init_std:
                 self.weight[off : off + size].normal_(0.0, std, generator=generator)
-        self._bias_blocks: list[tuple[int, int]] = []  # (out block, offset)
-        n_b = 0
-        if bias:
-            k = self.rep_out.blocks[0][1].generators.shape[0]
-            for j, (_, m_out, b_out) in enumerate(out_blocks):
-                c = None if b_out.discrete is None else b_out.discrete.shape[0]
-                zeros = torch.zeros(k, 1, 1, dtype=_F64)
-                ones = None if c is None else torch.ones(c, 1, 1, dtype=_F64)
-                if b_out.discrete is None:
-                    Qb = solver.basis(zeros, b_out.generators)
-                else:
-                    Qb = solver.basis(zeros, b_out.generators, ones, b_out.discrete)
-                if Qb.shape[0] == 0:
-                    continue
-                self.register_buffer(f"bias_basis_{j}", Qb[..., 0].to(dtype), persistent=False)
-                self._bias_blocks.append((j, n_b))
-                n_b += Qb.shape[0] * m_out
-        self.bias = nn.Parameter(torch.zeros(n_b, dtype=dtype)) if bias else None
+        k = self.rep_out.blocks[0][1].generators.shape[0]
+        register_invariant_bias(self, out_blocks, solver, k, dtype, bias)
         self._in_shapes = [(m, b.dim) for _, m, b in in_blocks]
         self._out_shapes = [(m, b.dim) for _, m, b in out_blocks]
 
@@ -207,19 +193,7 @@ class EquivariantLinear(nn.Module):
 
     def bias_vector(self) -> Tensor | None:
         """The invariant bias (rep_out.dim,), or None."""
-        if self.bias is None:
-            return None
-        parts = []
-        present = dict(self._bias_blocks)
-        for j, (m_out, d_out) in enumerate(self._out_shapes):
-            if j in present:
-                Qb = getattr(self, f"bias_basis_{j}")  # (r, d_out)
-                r = Qb.shape[0]
-                w = self.bias[present[j] : present[j] + r * m_out].view(r, m_out)
-                parts.append(torch.einsum("ra,rd->ad", w, Qb).reshape(-1))
-            else:
-                parts.append(self.bias.new_zeros(m_out * d_out))
-        return torch.cat(parts)
+        return invariant_bias_vector(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.rep_in.dim:
