@@ -122,6 +122,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from atlasd.datasets.checks import check_int as _check_int
+from atlasd.datasets.checks import check_shape
 from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
@@ -179,20 +181,8 @@ _LONG_NAMES = {
 # --------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_shape(shape: Any) -> tuple[int, int]:
-    try:
-        h, w = shape
-    except (TypeError, ValueError):
-        raise ValueError(f"shape must be a pair (H, W), got {shape!r}") from None
-    return _check_int("shape[0] (H)", h, 8), _check_int("shape[1] (W)", w, 8)
+    return check_shape(shape, 8, 8)
 
 
 def _check_fraction(name: str, value: Any, closed: bool = True) -> float:

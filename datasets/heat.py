@@ -97,6 +97,8 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
+from atlasd.datasets.checks import check_int as _check_int
+from atlasd.datasets.checks import check_shape
 from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
@@ -158,20 +160,8 @@ _ATLASES: dict[int, tuple[tuple[tuple[float, float], ...], int, int]] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_shape(shape: Any) -> tuple[int, int]:
-    try:
-        h, w = shape
-    except (TypeError, ValueError):
-        raise ValueError(f"shape must be a pair (H, W), got {shape!r}") from None
-    return _check_int("shape[0] (H)", h, 1), _check_int("shape[1] (W)", w, 1)
+    return check_shape(shape, 1, 1)
 
 
 def _diffusion_tensor(anisotropy: Any) -> torch.Tensor:

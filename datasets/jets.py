@@ -77,6 +77,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from atlasd.datasets.checks import check_int as _check_int
 from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
@@ -134,17 +135,6 @@ _SPLIT_STREAM = 0x5B17
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return value
 
 
 def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:

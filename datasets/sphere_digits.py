@@ -113,6 +113,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from atlasd.datasets.checks import check_int as _check_int
+from atlasd.datasets.checks import check_shape
 from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
@@ -163,14 +165,6 @@ _MNIST_NAMES = {
 # --------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
@@ -185,11 +179,7 @@ def _check_float(name: str, value: Any, lo: float | None = None, hi: float | Non
 
 
 def _check_shape(shape: Any) -> tuple[int, int]:
-    try:
-        h, w = shape
-    except (TypeError, ValueError):
-        raise ValueError(f"shape must be a pair (H, W), got {shape!r}") from None
-    return _check_int("height (H)", h, 3), _check_int("width (W)", w, 6)
+    return check_shape(shape, 3, 6, ("height (H)", "width (W)"))
 
 
 # --------------------------------------------------------------------------------------------
