@@ -424,7 +424,7 @@ def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) 
             metrics["cosets_match_truth"] = all(found) and group.n_components == len(expected)
         truth_rep = truth.get("in_rep")
         if truth_rep is not None and group.in_rep is not None:
-            from atlasd.datasets.climate import representation_error
+            from atlasd.lie import representation_error
 
             metrics["in_rep_vs_truth"] = representation_error(
                 group.algebra, group.in_rep, truth["algebra"], truth_rep

@@ -125,6 +125,7 @@ from torch.utils.data import Dataset, TensorDataset
 from atlasd.datasets.checks import check_int as _check_int
 from atlasd.datasets.checks import check_shape
 from atlasd.datasets.splits import SplitsDataModule
+from atlasd.lie import representation_error
 
 __all__ = [
     "CLASS_NAMES",
@@ -1280,47 +1281,6 @@ def climate_atlas(
     centers = climate_chart_centers(shape, latitudes, longitudes)
     return Atlas.grid(shape=tuple(shape), centers=centers, radius=radius, manifold="sphere")
 
-
-def representation_error(
-    algebra: Tensor, in_rep: Tensor, truth_algebra: Tensor, truth_in_rep: Tensor
-) -> dict[str, float]:
-    """Compare a learned channel representation with the documented one.
-
-    A representation is linear in the algebra element, so the learned generators are first
-    written in the truth's basis, ``algebra ~ T truth_algebra`` (least squares, T (k, j)); the
-    representation the truth predicts for them is ``T truth_in_rep``. This removes the sign and
-    scale freedom of the learned generators.
-
-    Args:
-        algebra (k, d, d), in_rep (k, c, c): e.g. ``group.algebra``, ``group.in_rep``.
-        truth_algebra (j, d, d), truth_in_rep (j, c, c).
-
-    Returns:
-        ``{"algebra_residual"}``: relative residual of ``algebra ~ T truth`` (0 when the
-        algebras agree); ``{"rep_relative_error"}``: ``|in_rep - T truth_in_rep| /
-        |T truth_in_rep|`` (Frobenius over all generators); ``{"rep_cosine"}``: cosine between
-        the two (1 = same direction).
-    """
-    A = torch.as_tensor(algebra, dtype=torch.float64)
-    R = torch.as_tensor(in_rep, dtype=torch.float64)
-    A0 = torch.as_tensor(truth_algebra, dtype=torch.float64)
-    R0 = torch.as_tensor(truth_in_rep, dtype=torch.float64)
-    if A.shape[0] != R.shape[0] or A0.shape[0] != R0.shape[0] or R.shape[1:] != R0.shape[1:]:
-        raise ValueError(
-            f"shapes do not match: algebra {tuple(A.shape)}, in_rep {tuple(R.shape)}, truth "
-            f"{tuple(A0.shape)}, {tuple(R0.shape)}"
-        )
-    T = torch.linalg.lstsq(A0.flatten(1).T, A.flatten(1).T).solution.T  # (k, j)
-    fitted = torch.einsum("kj,jab->kab", T, A0)
-    predicted = torch.einsum("kj,jab->kab", T, R0)
-    denom = float(predicted.norm())
-    if denom == 0.0:
-        raise ValueError("the learned algebra has no component along the truth: nothing to compare")
-    return {
-        "algebra_residual": float((A - fitted).norm() / A.norm()),
-        "rep_relative_error": float((R - predicted).norm()) / denom,
-        "rep_cosine": float((R * predicted).sum()) / (float(R.norm()) * denom + 1e-300),
-    }
 
 
 # --------------------------------------------------------------------------------------------
