@@ -1282,7 +1282,6 @@ def climate_atlas(
     return Atlas.grid(shape=tuple(shape), centers=centers, radius=radius, manifold="sphere")
 
 
-
 # --------------------------------------------------------------------------------------------
 # Lightning data module
 # --------------------------------------------------------------------------------------------
