@@ -331,6 +331,45 @@ class Atlas:
             return self._extract_plane(fields)
         return self._extract_sphere(fields)
 
+    def extract_labels(self, labels: Tensor, n_classes: int, block: int = 256) -> Tensor:
+        """Cut every chart's patch out of integer class maps.
+
+        Args:
+            labels: ``(B, H, W)`` integer class indices in ``0..n_classes-1``.
+            n_classes: number of classes.
+            block: fields per block on the sphere (bounds the one-hot memory).
+
+        Returns:
+            ``(B, K, 2r+1, 2r+1)`` int64 labels. On the plane charts copy pixels, so labels are
+            exact. Sphere charts interpolate, which would blend neighbouring class indices into
+            unrelated classes (between 3 and 10: 6.5), so one-hot maps are sampled instead and
+            each chart pixel keeps the class of largest weight.
+
+        Raises:
+            ValueError: not a 3-D integer tensor, or labels outside ``0..n_classes-1``.
+        """
+        if not isinstance(labels, Tensor) or labels.ndim != 3 or labels.is_floating_point():
+            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be an integer tensor (B, H, W), got {shape}")
+        n_classes = _as_int(n_classes, "n_classes")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+            raise ValueError(
+                f"labels must lie in 0..{n_classes - 1}, "
+                f"got {int(labels.min())}..{int(labels.max())}"
+            )
+        if self._manifold == "plane":
+            return self.extract(labels[:, None])[:, :, 0].long()
+        return torch.cat(
+            [
+                self.extract(
+                    torch.nn.functional.one_hot(labels[i : i + block].long(), n_classes)
+                    .movedim(-1, 1)
+                    .float()
+                ).argmax(2)
+                for i in range(0, labels.shape[0], block)
+            ]
+        )
+
     def _extract_plane(self, fields: Tensor) -> Tensor:
         b, c, h, w = fields.shape
         key = ("plane", h, w, fields.device)

@@ -457,27 +457,10 @@ def discover_local(
         classes = y.ndim == 3
         if classes and y.is_floating_point():
             raise ValueError("y of shape (N, H, W) must hold integer class labels")
-        if classes and atlas.manifold == "sphere":
-            # sphere charts interpolate, which would blend neighbouring class indices into
-            # unrelated classes (between 3 and 10: 6.5); sample one-hot maps instead, in blocks
-            # to bound memory, and keep the class of largest weight
-            target = torch.cat(
-                [
-                    atlas.extract(
-                        torch.nn.functional.one_hot(y[i : i + 256].long(), c_out)
-                        .movedim(-1, 1)
-                        .float()
-                    ).argmax(2)
-                    for i in range(0, n, 256)
-                ]
-            )
-            target = crop(target, r_out)
+        if classes:
+            target = crop(atlas.extract_labels(y, c_out), r_out)
         else:
-            target = atlas.extract(y[:, None].float() if classes else y.float())
-            target = crop(target, r_out)
-        if classes and atlas.manifold != "sphere":
-            # charts sample class maps by exact pixel copies on the plane, so labels stay integer
-            target = target[:, :, 0].round().long()
+            target = crop(atlas.extract(y.float()), r_out)
         loss = "cross_entropy" if classes else cfg.predictor_loss
         F = _train_stage1(model, patches, target, loss, cfg, seed, metadata, store)
     else:
