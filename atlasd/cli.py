@@ -112,6 +112,29 @@ def build_parser() -> ArgumentParser:
     down.add_argument("--wandb_project", type=str, default="atlasd")
     sub.add_subcommand("downstream", down, help="compare a baseline with a group-built model")
 
+    deg = _subparser(
+        "Train an unconstrained and a group-built model on a task's data and on a "
+        "symmetry-broken version of it; measure LLC, ranks, effective dimension and emulability; "
+        "write DIR/report.json, DIR/report.md and DIR/report.png."
+    )
+    deg.add_argument("--task", type=str, default="heat", help="heat or sphere_digits")
+    deg.add_argument("--group", type=str, help="a group.json written by `atlasd discover`")
+    deg.add_argument("--data", type=dict, default={}, help="keyword arguments of the DataModule")
+    deg.add_argument(
+        "--broken", type=dict, default={}, help="DataModule options that break the symmetry"
+    )
+    deg.add_argument("--samples", type=dict, default={}, help="n, n_heldout, n_rank, n_emulate")
+    deg.add_argument("--models", type=dict, default={}, help="sizes of the two models")
+    deg.add_argument("--training", type=dict, default={}, help="epochs, lr, batch_size, ...")
+    deg.add_argument("--llc", type=dict, default={}, help="chains, draws, burn_in, step, ...")
+    deg.add_argument("--seeds", type=list[int], default=[0])
+    deg.add_argument(
+        "--run_dir", type=str | None, default=None, help="default runs/<task>-degeneracy"
+    )
+    deg.add_argument("--logger", type=str, default="wandb", help="'wandb' or 'none'")
+    deg.add_argument("--wandb_project", type=str, default="atlasd")
+    sub.add_subcommand("degeneracy", deg, help="measure the degeneracy a discovered group predicts")
+
     show = _subparser("Print a DiscoveredGroup's summary and write its plot.")
     show.add_argument("group", type=str, help="path to a group.json file")
     show.add_argument(
@@ -233,10 +256,10 @@ def _cmd_discover(cfg, trainer: dict) -> int:
     return 0
 
 
-def _cmd_downstream(cfg) -> int:
+def _load_report_group(cfg):
+    """The --group of a downstream or degeneracy command, loaded (clear errors first)."""
     from atlasd.datasets import TASKS
     from atlasd.group import DiscoveredGroup
-    from atlasd.io import check_writable
 
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(sorted(TASKS))}")
@@ -245,7 +268,43 @@ def _cmd_downstream(cfg) -> int:
     path = Path(cfg.group)
     if not path.is_file():
         raise FileNotFoundError(f"no group file at {path}")
-    group = DiscoveredGroup.load(path)
+    return DiscoveredGroup.load(path)
+
+
+def _cmd_degeneracy(cfg) -> int:
+    from atlasd.io import check_writable
+
+    group = _load_report_group(cfg)
+    run_dir = check_writable(Path(cfg.run_dir or f"runs/{cfg.task}-degeneracy"))
+    from atlasd.downstream.degeneracy import run_degeneracy, write_degeneracy_report
+
+    config = {
+        "task": cfg.task,
+        "data": _coerce(cfg.data or {}),
+        "broken": _coerce(cfg.broken or {}),
+        "samples": _coerce(cfg.samples or {}),
+        "models": _coerce(cfg.models or {}),
+        "training": _coerce(cfg.training or {}),
+        "llc": _coerce(cfg.llc or {}),
+        "seeds": list(cfg.seeds),
+    }
+    report = run_degeneracy(
+        config, group, run_dir, log=lambda m: print(f"[atlasd] {m}", file=sys.stderr, flush=True)
+    )
+    write_degeneracy_report(report, run_dir)
+    if cfg.logger == "wandb":
+        _log_report(cfg, report, run_dir)
+    print(report["table"])
+    print()
+    print(report["reading"])
+    print(f"report written to {run_dir / 'report.md'}")
+    return 0
+
+
+def _cmd_downstream(cfg) -> int:
+    from atlasd.io import check_writable
+
+    group = _load_report_group(cfg)
     run_dir = check_writable(Path(cfg.run_dir or f"runs/{cfg.task}-downstream"))
     from atlasd.downstream.experiments import run_downstream, write_report
 
@@ -286,6 +345,21 @@ def _log_report(cfg, report: dict, run_dir: Path) -> None:
          "raw_parameters": r.get("raw_parameters"), "free_parameters": r.get("free_parameters")}
         for name, r in report.get("models", {}).items()
     ]  # fmt: skip
+    rows += [
+        {"data/model": key, "llc": f"{e['llc']['mean']:.4g} +- {e['llc']['sd']:.2g}",
+         "llc_chain_sd": e["llc_chain_sd"]["mean"], "healthy": e["healthy"],
+         "gauss_newton_rank": e["gauss_newton_rank"]["mean"],
+         "functional_dimension": e["functional_dimension"]["mean"],
+         "effective_dimension": e["effective_dimension"]["mean"],
+         "raw_parameters": e["raw_parameters"], "free_parameters": e["free_parameters"]}
+        for key, e in report.get("summary", {}).items()
+    ]  # fmt: skip
+    for name, s in report.get("susceptibility", {}).items():
+        run.summary[f"susceptibility/{name}/delta_llc"] = s["delta"]
+        run.summary[f"susceptibility/{name}/stderr"] = s["stderr"]
+    plot = run_dir / "report.png"
+    if "summary" in report and plot.is_file():
+        run.log({"report/plot": wandb.Image(str(plot))})
     if rows:
         columns = list(dict.fromkeys(k for r in rows for k in r))
         data = [[str(r.get(c, "")) for c in columns] for r in rows]
@@ -474,6 +548,7 @@ _COMMANDS = {
     "check": _cmd_check,
     "discover": _cmd_discover,
     "downstream": _cmd_downstream,
+    "degeneracy": _cmd_degeneracy,
 }
 
 

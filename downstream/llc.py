@@ -209,6 +209,8 @@ def estimate_llc(
     check: Check = "warn",
     below_tolerance: float = 0.4,
     explode_factor: float = 10.0,
+    preconditioner: Tensor | None = None,
+    gradient_correction: bool = False,
 ) -> LLCEstimate:
     """Estimate the local learning coefficient of ``model`` at its current parameters ``w*``.
 
@@ -233,6 +235,21 @@ def estimate_llc(
             raises :class:`LLCHealthError`, ``"off"`` only records problems.
         below_tolerance: largest healthy fraction of draws below the loss at ``w*``.
         explode_factor: ``k`` in the explosion threshold ``k (L_n(w*) + d / n_beta)``.
+        preconditioner: optional ``(d, d)`` symmetric positive definite matrix ``P`` (parameter
+            order of ``named_parameters``): preconditioned SGLD
+            ``w <- w - (eps / 2) P (n_beta grad L_B + gamma (w - w*)) + sqrt(eps) C xi`` with
+            ``C C^T = P``. A constant ``P`` leaves the stationary distribution unchanged; with
+            ``P = (n_beta G + gamma I)^-1`` (``G`` a Gauss-Newton matrix at ``w*``) every
+            quadratic direction relaxes at the same rate, so ``eps`` is then a dimensionless
+            step (about 0.1) instead of one limited by the stiffest direction. The calibrated
+            defaults above are for ``P = I``; pass ``step_size`` with a preconditioner.
+        gradient_correction: sample (and measure the excess of) the tilted loss
+            ``L_n(w) - grad L_n(w*) . (w - w*)`` instead of ``L_n``: same curvature, but ``w*``
+            is a critical point of it. For a trained ``w*`` that is not an exact minimum
+            (ill-conditioned losses never get there) the chains otherwise slide down the
+            residual gradient and the estimate is dominated by it (negative values). On a
+            quadratic loss the corrected estimate is exactly the one at the minimum; for
+            singular directions it is a documented approximation, not the LLC of a minimum.
 
     Returns:
         :class:`LLCEstimate` (``.mean .std .per_chain .trace`` and diagnostics).
@@ -268,6 +285,14 @@ def estimate_llc(
 
     flat_model = FlatModel(model)
     w_star = flat_model.w
+    root = _preconditioner_root(
+        preconditioner, flat_model.n_parameters, w_star.dtype, w_star.device
+    )
+    if root is not None and step_size is None:
+        raise ValueError(
+            "a preconditioner changes the scale of the step: pass step_size (about 0.1 for "
+            "P = (n_beta G + gamma I)^-1)"
+        )
     x = x.to(w_star.device)
     y = y.to(w_star.device)
     # floating data follows the parameters' dtype (integer class labels stay as they are)
@@ -284,6 +309,13 @@ def estimate_llc(
                 f"loss must return a scalar (mean over the batch), got shape {tuple(value.shape)}"
             )
         return value
+
+    if gradient_correction:
+        plain_loss = chain_loss
+        slope = _full_gradient(plain_loss, w_star, x, y)
+
+        def chain_loss(theta: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
+            return plain_loss(theta, xb, yb) - slope @ (theta - w_star)
 
     with torch.no_grad():
         init_loss = _full_loss(chain_loss, w_star, x, y)
@@ -303,6 +335,7 @@ def estimate_llc(
         steps=burn_in + draws,
         batch_size=batch_size,
         seed=seed,
+        root=root,
     )
     wall_s, cpu_s = time.perf_counter() - start_wall, time.process_time() - start_cpu
 
@@ -335,6 +368,8 @@ def estimate_llc(
         "batch_size": batch_size,
         "seed": seed,
         "n_parameters": flat_model.n_parameters,
+        "preconditioned": root is not None,
+        "gradient_correction": bool(gradient_correction),
     }
     estimate = LLCEstimate(
         mean=mean,
@@ -376,6 +411,24 @@ def _full_loss(
     return total / n
 
 
+def _full_gradient(
+    chain_loss: Callable[[Tensor, Tensor, Tensor], Tensor],
+    w: Tensor,
+    x: Tensor,
+    y: Tensor,
+    chunk: int = 1024,
+) -> Tensor:
+    """``grad L_n(w)`` over all data in chunks (weighted by chunk size), detached."""
+    n = x.shape[0]
+    total = torch.zeros_like(w)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        theta = w.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(chain_loss(theta, x[start:stop], y[start:stop]), theta)
+        total += g * (stop - start)
+    return total / n
+
+
 def _sgld(
     chain_loss: Callable[[Tensor, Tensor, Tensor], Tensor],
     w_star: Tensor,
@@ -389,8 +442,10 @@ def _sgld(
     steps: int,
     batch_size: int,
     seed: int,
+    root: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run ``chains`` localised SGLD chains from ``w*`` for ``steps`` steps, all at once.
+    """Run ``chains`` localised SGLD chains from ``w*`` for ``steps`` steps, all at once
+    (preconditioned by ``P = root root^T`` when ``root`` is given).
 
     Returns ``(trace, excess)``, both ``(chains, steps)`` float64: the minibatch loss at each
     step's starting point and its excess over the loss at ``w*`` on the same minibatch.
@@ -414,14 +469,35 @@ def _sgld(
         torch.stack((values, ref), out=record[t])
         # w <- w - (eps / 2) (n_beta grad + gamma (w - w*)) + sqrt(eps) xi, in place
         drift = grads.mul_(n_beta).add_(theta - w_star, alpha=gamma)
+        noise = torch.randn(theta.shape, generator=gen, dtype=theta.dtype, device=theta.device)
+        if root is not None:
+            # rows are chains: P drift = drift (C C^T)^T, C xi = xi C^T
+            drift = (drift @ root) @ root.T
+            noise = noise @ root.T
         theta.add_(drift, alpha=-0.5 * eps)
-        theta.add_(
-            torch.randn(theta.shape, generator=gen, dtype=theta.dtype, device=theta.device),
-            alpha=noise_scale,
-        )
+        theta.add_(noise, alpha=noise_scale)
     record = record.double().cpu()
     trace = record[:, 0].T.contiguous()
     return trace, (record[:, 0] - record[:, 1]).T.contiguous()
+
+
+def _preconditioner_root(p: Any, d: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """Cholesky factor ``C`` (``C C^T = P``) of a symmetric positive definite ``(d, d)`` ``P``."""
+    if p is None:
+        return None
+    if not isinstance(p, Tensor) or p.shape != (d, d):
+        shape = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
+        raise ValueError(f"preconditioner must be a ({d}, {d}) tensor (d parameters), got {shape}")
+    p = p.to(torch.float64)
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError("preconditioner has NaN or Inf entries")
+    # an inverse computed in float64 is symmetric only to rounding: check loosely, then symmetrise
+    if not torch.allclose(p, p.T, rtol=1e-6, atol=1e-9 * float(p.abs().max())):
+        raise ValueError("preconditioner must be symmetric")
+    root, info = torch.linalg.cholesky_ex((p + p.T) / 2)
+    if int(info) != 0:
+        raise ValueError("preconditioner must be positive definite (its Cholesky factor failed)")
+    return root.to(device=device, dtype=dtype)
 
 
 def _health(

@@ -27,21 +27,24 @@ from __future__ import annotations
 import copy
 import math
 import operator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call, jacfwd, jacrev, vmap
 
 __all__ = [
     "FlatModel",
     "JacobianSpectrum",
     "effective_dimension",
     "functional_dimension",
+    "gauss_newton_matrix",
     "gauss_newton_spectrum",
     "jacobian_spectrum",
     "llc_rank_bounds",
+    "loss_hessian",
     "parameter_jacobian",
 ]
 
@@ -126,9 +129,9 @@ def check_inputs(inputs: Any, name: str = "inputs") -> Tensor:
 
 def _chunk_jacobians(
     flat: FlatModel, inputs: Tensor, rows_per_chunk: int
-) -> tuple[list[Tensor], int]:
-    """Jacobian blocks ``(rows_c, d)`` for consecutive chunks of ``inputs``, and the output size
-    per sample.
+) -> tuple[Iterator[Tensor], int]:
+    """Jacobian blocks ``(rows_c, d)`` for consecutive chunks of ``inputs`` (a lazy iterator, so
+    only one block is held at a time), and the output size per sample.
 
     Per-sample Jacobians (``vmap`` over samples of ``jacrev`` of one sample's output): the work
     grows like ``n * out``, where one ``jacrev`` of the whole batch's output would cost
@@ -142,11 +145,13 @@ def _chunk_jacobians(
     def one(theta: Tensor, x: Tensor) -> Tensor:
         return flat(theta, x.unsqueeze(0)).reshape(-1)
 
-    jac = vmap(jacrev(one), in_dims=(None, 0))
-    blocks = [
+    # reverse mode costs one backward pass per output, forward mode one forward pass per
+    # parameter: take the cheaper (per-pixel outputs of field models far outnumber parameters)
+    jac = vmap(jacfwd(one) if per_sample > flat.n_parameters else jacrev(one), in_dims=(None, 0))
+    blocks = (
         jac(flat.w, inputs[s : s + chunk]).reshape(-1, flat.n_parameters)
         for s in range(0, inputs.shape[0], chunk)
-    ]
+    )
     return blocks, per_sample
 
 
@@ -165,7 +170,20 @@ def parameter_jacobian(model: nn.Module, inputs: Tensor, *, chunk_rows: int = 40
     x = check_inputs(inputs)
     flat = FlatModel(float64_copy(model))
     blocks, _ = _chunk_jacobians(flat, x, _positive_int(chunk_rows, "chunk_rows"))
-    return torch.cat(blocks, dim=0)
+    return torch.cat(list(blocks), dim=0)
+
+
+def gauss_newton_matrix(model: nn.Module, inputs: Tensor, *, chunk_rows: int = 4096) -> Tensor:
+    """``(d, d)`` float64 Gauss-Newton matrix ``J^T J / n`` of the model's outputs on ``n``
+    ``inputs`` (Jacobian blocks are accumulated, never held together: memory ``O(d^2)`` plus
+    one block). Its eigenvalues are :func:`gauss_newton_spectrum`'s."""
+    x = check_inputs(inputs)
+    flat = FlatModel(float64_copy(model))
+    blocks, _ = _chunk_jacobians(flat, x, _positive_int(chunk_rows, "chunk_rows"))
+    g = torch.zeros(flat.n_parameters, flat.n_parameters, dtype=F64)
+    for block in blocks:
+        g.addmm_(block.T, block)
+    return g.div_(x.shape[0])
 
 
 @dataclass(frozen=True)
@@ -178,6 +196,8 @@ class JacobianSpectrum:
         n_rows: ``rows = n * out``, the Jacobian's row count.
         n_parameters: ``d``.
         tol: the relative tolerance used for :attr:`rank`.
+        factor: ``(k, d)`` float64 with ``factor^T factor = J^T J`` (the R factor of a QR
+            decomposition of the stacked rows, or the rows themselves), ``k <= 2 d``.
     """
 
     singular_values: Tensor
@@ -185,6 +205,13 @@ class JacobianSpectrum:
     n_rows: int
     n_parameters: int
     tol: float
+    factor: Tensor | None = None
+
+    def gauss_newton_matrix(self) -> Tensor:
+        """``(d, d)`` float64 ``J^T J / n`` from the same pass as the singular values."""
+        if self.factor is None:
+            raise ValueError("this JacobianSpectrum was built without its factor")
+        return self.factor.T @ self.factor / self.n_samples
 
     @property
     def rank(self) -> int:
@@ -239,7 +266,8 @@ def jacobian_spectrum(
         if count > 2 * d:
             stack = [torch.linalg.qr(torch.cat(stack), mode="r").R]
             count = stack[0].shape[0]
-    s = torch.linalg.svdvals(torch.cat(stack))
+    factor = torch.cat(stack)
+    s = torch.linalg.svdvals(factor)
     if tol is None:
         tol = max(rows, d) * torch.finfo(F64).eps
     else:
@@ -248,7 +276,7 @@ def jacobian_spectrum(
             raise ValueError(
                 f"tol is relative to the largest singular value: need 0 <= tol < 1, got {tol}"
             )
-    return JacobianSpectrum(s, int(x.shape[0]), rows, d, tol)
+    return JacobianSpectrum(s, int(x.shape[0]), rows, d, tol, factor)
 
 
 def functional_dimension(model: nn.Module, inputs: Tensor, tol: float | None = None) -> int:
@@ -260,6 +288,37 @@ def functional_dimension(model: nn.Module, inputs: Tensor, tol: float | None = N
     gives ``r (M + N - r)``.
     """
     return jacobian_spectrum(model, inputs, tol).rank
+
+
+def loss_hessian(
+    model: nn.Module,
+    loss: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    chunk: int = 16,
+) -> Tensor:
+    """``(d, d)`` float64 Hessian of ``loss(model(inputs), targets)`` w.r.t. the trainable
+    parameters (``named_parameters`` order), from forward-over-reverse Hessian-vector products
+    with ``chunk`` basis vectors per vmapped call. Unlike the Gauss-Newton matrix it includes
+    the residual term, so it is exact (and may be indefinite) away from zero residual. The
+    model runs in its own dtype; the result is symmetrised."""
+    from torch.func import grad, jvp
+
+    flat = FlatModel(model)
+    w = flat.w.detach()
+    d = flat.n_parameters
+
+    def value(theta: Tensor) -> Tensor:
+        return loss(flat(theta, inputs), targets)
+
+    def hvp(v: Tensor) -> Tensor:
+        return jvp(grad(value), (w,), (v,))[1]
+
+    eye = torch.eye(d, dtype=w.dtype, device=w.device)
+    rows = [vmap(hvp)(eye[s : s + chunk]) for s in range(0, d, _positive_int(chunk, "chunk"))]
+    h = torch.cat(rows).to(F64)
+    return (h + h.T) / 2
 
 
 def gauss_newton_spectrum(model: nn.Module, inputs: Tensor) -> Tensor:

@@ -1,0 +1,1149 @@
+"""Degeneracy report: what a discovered symmetry predicts about trained weights, measured.
+
+:func:`run_degeneracy` takes a field task with a discovered group of 2x2 chart transformations
+(heat, digits on the sphere) and trains, on the same chart samples and with the same budget,
+
+* an UNCONSTRAINED model: a stack of ``nn.Conv2d`` with SiLU (:class:`ConvNet`), and
+* a GROUP model: the same stack built from :class:`EquivariantConv2d` layers solved from the
+  group, with invariant gates (:class:`EquivariantConvNet`),
+
+once on the task's data (symmetric) and once on a SYMMETRY-BROKEN version of it (``broken``:
+DataModule options that destroy the symmetry, e.g. anisotropic diffusion for heat, unrotated
+digits), for every seed. For each trained model it measures, at the trained weights ``w*``:
+
+* ``raw_parameters`` / ``free_parameters`` (:func:`count_parameters`);
+* the local learning coefficient (:func:`estimate_llc`) with its per-chain values;
+* the functional dimension (rank of ``d f / d w`` on ``n_rank`` training samples, float64,
+  default tolerance of :func:`jacobian_spectrum`);
+* the Gauss-Newton spectrum of the negative log-likelihood, its rank at the same tolerance, and
+  the effective dimension ``sum n_beta mu / (n_beta mu + gamma)`` at the LLC's own settings (half
+  of it is what the LLC estimate approaches if the basin is quadratic);
+* the emulability residual of every generator of the group (:func:`emulation`: the input field
+  perturbed by the generator's Lie derivative, held-out relative residual; 0 = a weight change
+  reproduces it exactly).
+
+Likelihood (what the LLC is of)
+-------------------------------
+Each chart sample is one draw. Regression (heat): Gaussian with a fixed noise ``sigma`` over the
+output pixels, ``NLL = 0.5 sum_pixels (f - y)^2 / sigma^2``; ``noise_std: auto`` (default) sets
+``sigma`` to the RMS residual of the unconstrained model trained on the symmetric data with the
+first seed (the maximum-likelihood noise level of the reference model), and that one value is
+used for every model and data version of the run so that their LLCs share a temperature.
+Classification (digits): categorical, ``NLL = sum_pixels cross-entropy`` (unweighted: the
+likelihood must be a likelihood). Both models are trained on that NLL (regression with
+``sigma = 1``, which only rescales it) by Adam with a cosine learning-rate decay, then
+full-batch L-BFGS, and the LLC uses ``n_beta = n / log n`` over the ``n`` chart samples. Seeds
+vary the initial weights, the batch order and the sampler; the chart samples are drawn once
+(``data.seed``), so the spread over seeds leaves out the data's own variability.
+
+Sampler. The calibrated defaults of :func:`estimate_llc` assume Hessian eigenvalues of order
+one; the per-pixel NLLs of conv nets span many decades (measured on heat: largest Gauss-Newton
+eigenvalue 3.5e5 at sigma = 0.19), and a plain SGLD step stable on the stiffest direction never
+moves along the soft ones. The chains are therefore preconditioned with
+``P = (n_beta G + gamma I)^-1`` (``G`` the Gauss-Newton matrix of the NLL on ``n_rank``
+training samples), which leaves the posterior unchanged and relaxes every quadratic direction
+at the same rate; the step ``llc.step`` (default 0.05) is then dimensionless. Checked in
+``tests/test_llc.py`` on an ill-conditioned quadratic basin (eight decades): within 8 % of the
+exact limit, where the plain sampler reaches under 75 %. The same settings are used for every
+model, so the LLC values of one run are comparable with each other; they are not calibrated
+against a known learning coefficient (none is known for these models), and the health checks
+of :func:`estimate_llc` are reported with each value.
+
+Gradient correction. ``w*`` is Adam's end point polished by full-batch L-BFGS
+(``training.polish_steps``), and still not an exact minimum: these losses are so
+ill-conditioned that 200 L-BFGS iterations lowered the gradient norm of the heat group model
+only from 1.44 to 1.32. The chains then slide down the residual gradient along the soft
+directions and the estimate goes negative (measured: every chain of every heat model, at any
+localisation up to 1e8, since the slide and the value both fall like ``1 / gamma``). The chains
+therefore sample the tilted loss ``L_n(w) - grad L_n(w*) . (w - w*)`` (``gradient_correction``
+of :func:`estimate_llc`): the same curvature, with ``w*`` a critical point. On a quadratic loss
+this is exactly the estimate at the minimum (tested); along singular directions it is an
+approximation. The report gives, for each model, the gradient norm, the bias the correction
+removes (:func:`gradient_bias`, quadratic model) and half the effective dimension (the
+estimate on a quadratic basin): the gap between the estimate and the latter is what the
+quadratic picture misses. ``llc.localization`` is the calibrated ``gamma = 1``.
+
+Symmetry directions. For the unconstrained conv stack the weight-space image of a generator
+``A`` is known: transforming every kernel, ``K -> K(exp(tA) z)``, turns ``f`` into
+``g^-1 . f(g . x)``, which equals ``f`` when ``f`` is equivariant. The report gives the loss
+curvature ``t^T G t / |t|^2`` along that tangent ``t``, relative to a random direction
+(``trace G / d``) and as a quantile of ``G``'s spectrum: a data symmetry that the trained weights
+express makes it a flat direction, and breaking the symmetry should stiffen it. The group
+model's kernels are invariant by construction, so it has no such direction: the constraint
+removed it (with every other non-invariant kernel component) from the parameters.
+
+What the symmetry predicts (the background notes)
+-------------------------------------------------
+If the data distribution is invariant under a group G and the model can emulate G's action by a
+weight change, the loss is constant along the orbit of ``w*``: ``dim G`` more flat directions,
+which lowers the rank bound ``r / 2 <= lambda <= r / 2 + (d - r) / 4`` by between ``dim G / 4``
+(upper bound) and ``dim G / 2`` (lower bound). The report states this predicted shift next to
+the measured susceptibility ``Delta lambda = lambda(symmetric) - lambda(broken)`` of each model
+and its uncertainty (the standard errors of the two estimates over seeds, or over chains for a
+single seed, added in quadrature). Breaking the symmetry also changes the function to be
+learned, so ``Delta lambda`` mixes both effects: the report reads it with that caveat.
+
+Outputs: :func:`write_degeneracy_report` writes ``report.json``, ``report.md`` and ``report.png``
+atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from atlasd.io import json_safe, write_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from atlasd.group import DiscoveredGroup
+
+__all__ = [
+    "DEGENERACY_TASKS",
+    "CenterCrop",
+    "NLLOutputs",
+    "categorical_nll",
+    "chart_samples",
+    "conv_rotation_tangent",
+    "gaussian_nll",
+    "measure_degeneracy",
+    "run_degeneracy",
+    "write_degeneracy_report",
+]
+
+# task -> kind of target; both act on R^2 charts
+DEGENERACY_TASKS: dict[str, str] = {"heat": "regression", "sphere_digits": "classification"}
+
+_OPTIONS: dict[str, set[str]] = {
+    "top": {"task", "group", "data", "broken", "samples", "models", "training", "llc", "seeds"},
+    "samples": {"n", "n_heldout", "n_rank", "n_emulate"},
+    "models": {"baseline", "equivariant"},
+    "baseline": {"hidden", "kernel_size"},
+    "equivariant": {"hidden", "kernel_size", "mode"},
+    "training": {"epochs", "lr", "batch_size", "polish_steps"},
+    "llc": {"chains", "draws", "burn_in", "batch_size", "step", "noise_std", "localization"},
+}
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "samples": {"n": 2000, "n_heldout": 500, "n_rank": 48, "n_emulate": 64},
+    "baseline": {"hidden": [8], "kernel_size": 5},
+    "equivariant": {"hidden": ["4*S + 2*V"], "kernel_size": 5, "mode": "auto"},
+    "training": {"epochs": 30, "lr": 0.01, "batch_size": 64, "polish_steps": 30},
+    "llc": {
+        "chains": 4,
+        "draws": 400,
+        "burn_in": 200,
+        "batch_size": 128,
+        "step": 0.05,
+        "noise_std": "auto",
+        "localization": 1.0,
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+def _section(config: dict, name: str, parent: str | None = None) -> dict[str, Any]:
+    source = (config.get(parent) or {}) if parent else config
+    given = source.get(name) or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"{name} must be a mapping of options, got {given!r}")
+    unknown = sorted(set(given) - _OPTIONS[name])
+    if unknown:
+        raise ValueError(
+            f"unknown {name} option(s): {', '.join(unknown)}; "
+            f"options are {', '.join(sorted(_OPTIONS[name]))}"
+        )
+    return {**_DEFAULTS.get(name, {}), **given}
+
+
+def _positive(value: Any, what: str, kind: type = int) -> Any:
+    ok = isinstance(value, kind) if kind is int else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or not value > 0:
+        raise ValueError(f"{what} must be a positive {kind.__name__}, got {value!r}")
+    return value
+
+
+def _parse_config(config: dict) -> dict[str, Any]:
+    if not isinstance(config, dict) or "task" not in config:
+        raise ValueError("config must be a dict with a 'task' entry")
+    unknown = sorted(set(config) - _OPTIONS["top"])
+    if unknown:
+        raise ValueError(
+            f"unknown option(s): {', '.join(unknown)}; options are "
+            f"{', '.join(sorted(_OPTIONS['top']))}"
+        )
+    task = config["task"]
+    if task not in DEGENERACY_TASKS:
+        raise ValueError(
+            f"unknown degeneracy task {task!r}; known tasks: {', '.join(sorted(DEGENERACY_TASKS))}"
+        )
+    broken = config.get("broken")
+    if not isinstance(broken, dict) or not broken:
+        raise ValueError(
+            "broken must name the DataModule options that break the symmetry "
+            "(e.g. {anisotropy: [1.5, 0.5]} for heat, {rotation_spread: 0} for sphere_digits)"
+        )
+    out = {
+        "task": task,
+        "data": dict(config.get("data") or {}),
+        "broken": dict(broken),
+        "samples": _section(config, "samples"),
+        "baseline": _section(config, "baseline", "models"),
+        "equivariant": _section(config, "equivariant", "models"),
+        "training": _section(config, "training"),
+        "llc": _section(config, "llc"),
+    }
+    _section(config, "models")  # unknown model names
+    for key, value in out["samples"].items():
+        _positive(value, f"samples.{key}")
+    if out["samples"]["n_rank"] > out["samples"]["n"]:
+        raise ValueError("samples.n_rank cannot exceed samples.n (it takes training samples)")
+    if out["samples"]["n_emulate"] > out["samples"]["n_heldout"]:
+        raise ValueError("samples.n_emulate cannot exceed samples.n_heldout")
+    for name in ("baseline", "equivariant"):
+        k = out[name]["kernel_size"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise ValueError(f"models.{name}.kernel_size must be an odd positive int, got {k!r}")
+        hidden = out[name]["hidden"]
+        if not isinstance(hidden, list | tuple) or not hidden:
+            raise ValueError(f"models.{name}.hidden must be a non-empty list, got {hidden!r}")
+    for key in ("epochs", "batch_size"):
+        _positive(out["training"][key], f"training.{key}")
+    _positive(out["training"]["lr"], "training.lr", float)
+    for key in ("chains", "draws", "batch_size"):
+        _positive(out["llc"][key], f"llc.{key}")
+    if isinstance(out["llc"]["burn_in"], bool) or not (
+        isinstance(out["llc"]["burn_in"], int) and out["llc"]["burn_in"] >= 0
+    ):
+        raise ValueError(f"llc.burn_in must be an int >= 0, got {out['llc']['burn_in']!r}")
+    _positive(out["llc"]["step"], "llc.step", float)
+    polish = out["training"]["polish_steps"]
+    if isinstance(polish, bool) or not isinstance(polish, int) or polish < 0:
+        raise ValueError(f"training.polish_steps must be an int >= 0, got {polish!r}")
+    _positive(out["llc"]["localization"], "llc.localization", float)
+    noise = out["llc"]["noise_std"]
+    if noise != "auto":
+        _positive(noise, "llc.noise_std ('auto' or a number)", float)
+    seeds = config.get("seeds", [0])
+    if (
+        not isinstance(seeds, list | tuple)
+        or not seeds
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+    ):
+        raise ValueError(f"seeds must be a non-empty list of ints >= 0, got {seeds!r}")
+    out["seeds"] = [int(s) for s in seeds]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and models
+
+
+def chart_samples(
+    task: str, data: dict[str, Any], n: int, n_heldout: int, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Chart patches of a task's training fields, as independent samples.
+
+    Builds the task's DataModule with ``data``, cuts every training field into its atlas's
+    charts (:meth:`Atlas.extract` / :meth:`Atlas.extract_labels`), pools the patches of all
+    charts, and draws ``n`` training and ``n_heldout`` held-out patches without replacement
+    (seeded permutation; the held-out ones come from other fields than the training ones).
+
+    Returns:
+        ``(x, y, x_heldout, y_heldout)``: ``x`` float32 ``(n, C, h, h)`` input patches (``h =
+        2 r + 1`` with the atlas radius ``r``); ``y`` float32 ``(n, C_out, h, h)`` for
+        regression or int64 ``(n, h, h)`` labels for classification (crop them to the model's
+        output size).
+
+    Raises:
+        ValueError: unknown task, or fewer patches than ``n + n_heldout``.
+    """
+    from atlasd.datasets import make_datamodule
+
+    if task not in DEGENERACY_TASKS:
+        raise ValueError(
+            f"unknown degeneracy task {task!r}; known tasks: {', '.join(sorted(DEGENERACY_TASKS))}"
+        )
+    dm = make_datamodule(task, **data)
+    dm.setup("fit")
+    fields, targets = dm.train_dataset.tensors[:2]
+    atlas = dm.atlas
+    k = atlas.n_charts
+    n_fields = fields.shape[0]
+    if n_fields * k < n + n_heldout:
+        raise ValueError(
+            f"{task}: {n_fields} training fields x {k} charts = {n_fields * k} patches, fewer "
+            f"than samples.n + samples.n_heldout = {n + n_heldout}; raise data.n"
+        )
+    # held-out patches come from a seeded random set of fields, training patches from the rest
+    n_held_fields = max(1, math.ceil(n_heldout / k))
+    order = torch.randperm(n_fields, generator=torch.Generator().manual_seed(seed))
+    train_f, held_f = order[n_held_fields:], order[:n_held_fields]
+    if train_f.numel() * k < n:
+        raise ValueError(
+            f"{task}: {train_f.numel() * k} training patches after holding out "
+            f"{n_held_fields} fields, fewer than samples.n = {n}; raise data.n"
+        )
+
+    def patches(index: Tensor, count: int, stream: int) -> tuple[Tensor, Tensor]:
+        x = atlas.extract(fields[index].float()).flatten(0, 1)
+        if targets.is_floating_point():
+            y = atlas.extract(targets[index].float()).flatten(0, 1)
+        else:
+            n_classes = len(dm.class_weights)
+            y = atlas.extract_labels(targets[index], n_classes).flatten(0, 1)
+        pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + stream))
+        pick = pick[:count]
+        return x[pick].contiguous(), y[pick].contiguous()
+
+    x, y = patches(train_f, n, 1)
+    xh, yh = patches(held_f, n_heldout, 2)
+    return x, y, xh, yh
+
+
+class CenterCrop(nn.Module):
+    """Wraps a 'same'-padded field model and keeps the central ``2 r + 1`` output pixels, where
+    every receptive field lies inside the input patch (so the zero padding never enters).
+    ``(B, C, h, h) -> (B, C_out, 2 r + 1, 2 r + 1)``."""
+
+    def __init__(self, model: nn.Module, out_radius: int) -> None:
+        super().__init__()
+        self.model, self.out_radius = model, int(out_radius)
+
+    def forward(self, x: Tensor) -> Tensor:
+        from atlasd.atlas import crop
+
+        return crop(self.model(x), self.out_radius)
+
+
+def _out_radius(in_radius: int, n_layers: int, kernel_size: int) -> int:
+    r = in_radius - n_layers * (kernel_size // 2)
+    if r < 0:
+        raise ValueError(
+            f"{n_layers} layers of kernel size {kernel_size} need a chart radius of at least "
+            f"{n_layers * (kernel_size // 2)}, the atlas has {in_radius}"
+        )
+    return r
+
+
+def _build(
+    group: DiscoveredGroup,
+    spec: dict[str, Any],
+    in_channels: int,
+    out_channels: int,
+    in_radius: int,
+    seed: int,
+) -> tuple[dict[str, nn.Module], int]:
+    """Both models, each cropped to the output radius that both stacks keep exact."""
+    from atlasd.downstream.experiments import ConvNet, EquivariantConvNet, _init_
+
+    base, eq = spec["baseline"], spec["equivariant"]
+    n_layers = len(base["hidden"]) + 1
+    if len(eq["hidden"]) + 1 != n_layers or int(eq["kernel_size"]) != int(base["kernel_size"]):
+        raise ValueError(
+            "models.baseline and models.equivariant must have the same depth and kernel size "
+            "(the comparison is about the constraint, not the architecture)"
+        )
+    k = int(base["kernel_size"])
+    r_out = _out_radius(in_radius, n_layers, k)
+    gen = torch.Generator().manual_seed(seed)
+    baseline = ConvNet(in_channels, out_channels, [int(h) for h in base["hidden"]], k)
+    _init_(baseline, gen)
+    equivariant = EquivariantConvNet(
+        group, in_channels, out_channels, list(eq["hidden"]), k, mode=eq["mode"], generator=gen
+    )
+    return {
+        "baseline": CenterCrop(baseline, r_out),
+        "equivariant": CenterCrop(equivariant, r_out),
+    }, r_out
+
+
+# ---------------------------------------------------------------------------------------------
+# Likelihoods
+
+
+def gaussian_nll(sigma: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """Mean over samples of ``0.5 sum_outputs (pred - target)^2 / sigma^2`` (Gaussian negative
+    log-likelihood up to a constant); ``pred``, ``target``: ``(B, ...)``."""
+    scale = 0.5 / float(sigma) ** 2
+
+    def nll(pred: Tensor, target: Tensor) -> Tensor:
+        return scale * (pred - target).square().sum() / pred.shape[0]
+
+    return nll
+
+
+def categorical_nll(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean over samples of the summed per-pixel cross-entropy; ``pred`` ``(B, K, h, w)`` logits,
+    ``target`` ``(B, h, w)`` int64 classes."""
+    return F.cross_entropy(pred, target, reduction="sum") / pred.shape[0]
+
+
+class NLLOutputs(nn.Module):
+    """Outputs whose Jacobian ``J~`` gives the Gauss-Newton matrix of the NLL as ``J~^T J~``.
+
+    Regression: ``f / sigma``. Classification: ``A^T z`` per pixel with ``z`` the logits,
+    ``p = softmax(z)`` held fixed (detached) and ``A^T = diag(sqrt p) - sqrt p p^T``, since
+    ``A A^T = diag p - p p^T`` is the Hessian of the cross-entropy in the logits.
+    ``(B, ...) -> (B, ...)`` of the model's output shape."""
+
+    def __init__(self, model: nn.Module, kind: str, sigma: float = 1.0) -> None:
+        super().__init__()
+        self.model, self.kind, self.sigma = model, kind, float(sigma)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.model(x)
+        if self.kind == "regression":
+            return z / self.sigma
+        p = torch.softmax(z.detach(), dim=1)
+        root = p.sqrt()
+        return root * z - root * (p * z).sum(dim=1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+class _FitModule(lightning.LightningModule):
+    """Thin Lightning wrapper: a model, an NLL, Adam with a cosine decay to 1 % of ``lr``."""
+
+    def __init__(self, model: nn.Module, nll: Callable, lr: float, epochs: int) -> None:
+        super().__init__()
+        self.model, self.nll, self.lr, self.epochs = model, nll, float(lr), int(epochs)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = self.nll(self.model(x), y)
+        self.log("train_nll", loss, batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=self.epochs, eta_min=0.01 * self.lr
+        )
+        return {"optimizer": opt, "lr_scheduler": sched}
+
+
+def _fit(
+    model: nn.Module, nll: Callable, x: Tensor, y: Tensor, opts: dict, seed: int, root: Path
+) -> float:
+    """Train ``model`` in place; returns the wall time (s)."""
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=int(opts["batch_size"]),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    trainer = lightning.Trainer(
+        max_epochs=int(opts["epochs"]),
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    start = time.perf_counter()
+    trainer.fit(_FitModule(model, nll, opts["lr"], opts["epochs"]), train_dataloaders=loader)
+    model.eval()
+    if opts["polish_steps"]:
+        _polish(model, nll, x, y, int(opts["polish_steps"]))
+    return time.perf_counter() - start
+
+
+def _polish(model: nn.Module, nll: Callable, x: Tensor, y: Tensor, steps: int) -> None:
+    """Full-batch L-BFGS (strong Wolfe line search) from Adam's end point: the LLC is defined
+    at a local minimum, and Adam's last minibatch steps leave w* measurably above one (the
+    SGLD chains then find lower loss, a failed health check)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.LBFGS(
+        params, lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = nll(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+@torch.no_grad()
+def _mean_nll(model: nn.Module, nll: Callable, x: Tensor, y: Tensor, batch: int = 256) -> float:
+    total = sum(
+        float(nll(model(x[i : i + batch]), y[i : i + batch])) * x[i : i + batch].shape[0]
+        for i in range(0, x.shape[0], batch)
+    )
+    return total / x.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def conv_rotation_tangent(model: nn.Module, generator: Tensor) -> Tensor | None:
+    """Tangent ``(d,)`` (float64, ``named_parameters`` order of the trainable parameters) of
+    transforming every ``nn.Conv2d`` kernel of ``model`` by ``exp(t A)``: ``K -> K(exp(tA) z)``.
+
+    For a stack of convolutions between scalar channels this is the weight-space image of the
+    chart transformation: the network with kernels ``K(g z)`` computes ``g^-1 . f(g . x)``, so
+    when ``f`` is equivariant to ``g`` the tangent is a flat direction of the loss (the notes'
+    ``p(x | w*) = p(x | rho(g) w*)``). Kernels are transformed as fields on their pixel grid
+    (:func:`lie_derivative`, central differences, zero outside the kernel), biases are left
+    alone. Returns None when the model has no trainable ``nn.Conv2d`` weight, or a parameter
+    that is neither a conv weight nor a bias (the tangent is then unknown).
+    """
+    from atlasd.downstream.emulate import lie_derivative
+
+    convs = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    parts, found = [], False
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name in convs:
+            k = p.detach().to(torch.float64)
+            dk = -lie_derivative(k.reshape(-1, 1, *k.shape[-2:]), generator.to(torch.float64))
+            parts.append(dk.reshape(-1))
+            found = True
+        elif name.endswith(".bias"):
+            parts.append(torch.zeros(p.numel(), dtype=torch.float64))
+        else:
+            return None
+    return torch.cat(parts) if found else None
+
+
+def _flat_gradient(model: nn.Module, nll: Callable, x: Tensor, y: Tensor) -> tuple[float, Tensor]:
+    """``(L_n(w*), grad L_n(w*))`` over the data, float64 gradient in parameter order."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = nll(model(x), y)
+    grads = torch.autograd.grad(loss, params)
+    return float(loss.detach()), torch.cat([g.reshape(-1) for g in grads]).to(torch.float64)
+
+
+def gradient_bias(grad: Tensor, g: Tensor, n_beta: float, localization: float) -> float:
+    """Quadratic-model bias of the LLC estimate at a ``w*`` with non-zero gradient.
+
+    With ``L_n(w* + delta) ~ L_n(w*) + grad . delta + delta^T G delta / 2`` the localised
+    posterior is Gaussian with mean ``-n_beta (n_beta G + gamma)^-1 grad``, and
+    ``n_beta E[L_n - L_n(w*)]`` is half the effective dimension plus
+    ``-n_beta^2 sum_i grad_i^2 (n_beta mu_i / 2 + gamma) / (n_beta mu_i + gamma)^2`` (eigenbasis
+    of ``G``), which this returns (<= 0: the chains slide downhill)."""
+    mu, v = torch.linalg.eigh(g)
+    mu = mu.clamp_min(0.0)
+    gi2 = (v.T @ grad).square()
+    a = n_beta * mu + localization
+    return float(-(n_beta**2) * (gi2 * (n_beta * mu / 2 + localization) / a.square()).sum())
+
+
+def measure_degeneracy(
+    model: nn.Module,
+    kind: str,
+    nll: Callable[[Tensor, Tensor], Tensor],
+    sigma: float,
+    data: tuple[Tensor, Tensor],
+    heldout: tuple[Tensor, Tensor],
+    generators: Tensor,
+    llc: dict[str, Any],
+    *,
+    n_rank: int,
+    n_emulate: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every degeneracy measurement of one trained model at its current weights ``w*``.
+
+    Args:
+        model: trained field model ``(B, C, h, h) -> (B, C_out, h', h')``.
+        kind: ``"regression"`` or ``"classification"`` (how the Gauss-Newton matrix is formed).
+        nll: the per-sample mean negative log-likelihood the LLC is of.
+        sigma: regression noise level of ``nll`` (ignored for classification).
+        data: ``(x, y)`` the ``n`` training samples (the LLC's data).
+        heldout: ``(x, y)`` held-out samples (held-out NLL, emulability).
+        generators: ``(k, 2, 2)`` chart generators (emulability and symmetry directions).
+        llc: ``chains, draws, burn_in, batch_size, step, localization``.
+        n_rank: samples for the functional dimension, the Gauss-Newton matrix ``G`` and its
+            rank (the first ``n_rank`` training samples: ``G`` approximates the Hessian of
+            ``L_n``).
+        n_emulate: held-out samples for emulability.
+        seed: the sampler's and the emulability split's seed.
+
+    Returns:
+        a JSON-ready dict: ``train_nll``, ``heldout_nll``, ``grad_norm`` (of the NLL at ``w*``),
+        ``functional_dimension`` and its ``rank_gap``, ``gauss_newton`` (``rank``: of the
+        whitened Jacobian ``J~`` at :func:`jacobian_spectrum`'s tolerance; ``top``, ``trace``,
+        ``eigenvalues`` descending),
+        ``effective_dimension``, ``rank_bounds``, ``llc`` (``mean``, ``std``, ``stderr``,
+        ``per_chain``, ``healthy``, ``problems``, settings, ``time_s``), ``emulability`` and
+        ``symmetry_directions`` (one entry per generator).
+    """
+    from atlasd.downstream.emulate import emulation
+    from atlasd.downstream.llc import LLCHealthError, default_llc_settings, estimate_llc
+    from atlasd.downstream.ranks import effective_dimension, jacobian_spectrum, llc_rank_bounds
+
+    x, y = data
+    xh, yh = heldout
+    n = x.shape[0]
+    train_nll, grad = _flat_gradient(model, nll, x, y)
+    out: dict[str, Any] = {
+        "train_nll": train_nll,
+        "heldout_nll": _mean_nll(model, nll, xh, yh),
+        "grad_norm": float(grad.norm()),
+    }
+    start = time.perf_counter()
+    # one pass gives the Gauss-Newton matrix and its rank (from the singular values of J~:
+    # forming J~^T J~ first would square away half the resolution); for regression J~ = J /
+    # sigma, so the functional dimension is the same rank
+    gn_spec = jacobian_spectrum(NLLOutputs(model, kind, sigma), x[:n_rank])
+    spec = gn_spec if kind == "regression" else jacobian_spectrum(model, x[:n_rank])
+    gn_rank = gn_spec.rank
+    g = gn_spec.gauss_newton_matrix()
+    d = g.shape[0]
+    mu = torch.linalg.eigvalsh(g).flip(0).clamp_min(0.0)
+    out["functional_dimension"] = spec.rank
+    out["rank_gap"] = spec.gap
+    out["gauss_newton"] = {
+        "rank": gn_rank,
+        "top": float(mu[0]),
+        "trace": float(mu.sum()),
+        "eigenvalues": mu.tolist(),
+    }
+    out["rank_bounds"] = list(llc_rank_bounds(spec.rank, spec.n_parameters))
+    out["ranks_time_s"] = time.perf_counter() - start
+
+    # symmetry directions: curvature along the weight-space image of each generator, against
+    # a random direction's (trace / d) and as a quantile of the spectrum
+    directions = []
+    for i, a in enumerate(generators):
+        t = conv_rotation_tangent(model, a)
+        if t is None or float(t.norm()) == 0.0:
+            directions.append({"generator": i, "available": False})
+            continue
+        q = float(t @ g @ t) / float(t @ t)
+        mean_mu = float(mu.sum()) / d
+        directions.append(
+            {
+                "generator": i,
+                "available": True,
+                "curvature": q,
+                "relative_to_random": q / mean_mu if mean_mu > 0 else math.nan,
+                "spectrum_quantile": float((mu < q).double().mean()),
+            }
+        )
+    out["symmetry_directions"] = directions
+
+    n_beta = float(default_llc_settings(n)["n_beta"])
+    gamma = float(llc["localization"])
+    out["effective_dimension"] = effective_dimension(mu, n_beta, gamma)
+    out["gradient_bias"] = gradient_bias(grad, g, n_beta, gamma)
+    pre = torch.linalg.inv(n_beta * g + gamma * torch.eye(d, dtype=g.dtype))
+    settings = {
+        "n_beta": n_beta,
+        "localization": gamma,
+        "step_size": float(llc["step"]),
+        "preconditioned": True,
+        "gradient_correction": True,
+        "chains": int(llc["chains"]),
+        "draws": int(llc["draws"]),
+        "burn_in": int(llc["burn_in"]),
+    }
+    try:
+        est = estimate_llc(
+            model,
+            (x, y),
+            nll,
+            n_beta=n_beta,
+            localization=gamma,
+            step_size=float(llc["step"]),
+            chains=int(llc["chains"]),
+            draws=int(llc["draws"]),
+            burn_in=int(llc["burn_in"]),
+            batch_size=min(int(llc["batch_size"]), n),
+            seed=seed,
+            check="off",
+            preconditioner=(pre + pre.T) / 2,
+            gradient_correction=True,
+        )
+    except LLCHealthError as exc:
+        # every chain diverged: recorded as a failed measurement, not hidden
+        out["llc"] = {
+            "mean": math.nan,
+            "std": math.nan,
+            "stderr": math.nan,
+            "per_chain": [],
+            "healthy": False,
+            "problems": [str(exc)],
+            "below_fraction": [],
+            "time_s": math.nan,
+            **settings,
+        }
+    else:
+        out["llc"] = {
+            "mean": est.mean,
+            "std": est.std,
+            "stderr": est.stderr,
+            "per_chain": [float(v) for v in est.per_chain],
+            "healthy": est.healthy,
+            "problems": list(est.problems),
+            "below_fraction": est.diagnostics["below_fraction"].tolist(),
+            "time_s": est.wall_s,
+            **settings,
+        }
+    start = time.perf_counter()
+    emulate = []
+    for i, a in enumerate(generators):
+        e = emulation(model, a.to(torch.float64), xh[:n_emulate], action="field", seed=seed)
+        emulate.append(
+            {
+                "generator": i,
+                "residual": e.residual,
+                "fit_residual": e.fit_residual,
+                "outside_symmetries": e.outside_symmetries,
+                "output_change": e.output_change,
+                "method": e.method,
+            }
+        )
+    out["emulability"] = emulate
+    out["emulability_time_s"] = time.perf_counter() - start
+    return out
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    finite = [float(v) for v in values if math.isfinite(v)]
+    mean = statistics.fmean(finite) if finite else math.nan
+    sd = statistics.stdev(finite) if len(finite) > 1 else math.nan
+    return {"mean": mean, "sd": sd, "values": [float(v) for v in values]}
+
+
+def run_degeneracy(
+    config: dict, group: DiscoveredGroup, run_dir: Path, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Train the unconstrained and the group model on symmetric and symmetry-broken data and
+    measure their degeneracy (see the module docstring).
+
+    Args:
+        config: ``{"task": "heat" | "sphere_digits", "data": {DataModule options}, "broken":
+            {options that break the symmetry}, "samples": {n, n_heldout, n_rank, n_emulate},
+            "models": {"baseline": {hidden, kernel_size}, "equivariant": {hidden, kernel_size,
+            mode}}, "training": {epochs, lr, batch_size, polish_steps}, "llc": {chains, draws,
+            burn_in, batch_size, step, noise_std, localization}, "seeds": [...]}``.
+        group: the discovered group (2x2 chart transformations).
+        run_dir: folder for Lightning's files (created).
+        log: optional progress printer (one line per measured model).
+
+    Returns:
+        the report dict (``runs``: one entry per seed, data version and model; ``summary``:
+        per data version and model, mean and sd over seeds; ``susceptibility``: per model,
+        ``delta`` = LLC(symmetric) - LLC(broken) with its uncertainty and the predicted shift;
+        ``table`` and ``reading``: Markdown).
+
+    Raises:
+        ValueError: malformed config, a group that does not act on R^2, too few samples.
+    """
+    from atlasd.atlas import crop
+    from atlasd.downstream.experiments import count_parameters
+
+    cfg = _parse_config(config)
+    if group.d != 2:
+        raise ValueError(f"group acts on R^{group.d}; the field tasks need 2x2 chart generators")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda _m: None)
+    task, kind = cfg["task"], DEGENERACY_TASKS[cfg["task"]]
+    samples = cfg["samples"]
+    versions = {"symmetric": cfg["data"], "broken": {**cfg["data"], **cfg["broken"]}}
+    data = {
+        v: chart_samples(task, opts, samples["n"], samples["n_heldout"])
+        for v, opts in versions.items()
+    }
+    x0 = data["symmetric"][0]
+    in_channels, in_radius = int(x0.shape[1]), (int(x0.shape[-1]) - 1) // 2
+    if kind == "regression":
+        out_channels = int(data["symmetric"][1].shape[1])
+    else:
+        out_channels = int(max(int(d[1].max()) for d in data.values()) + 1)
+        out_channels = max(out_channels, int(max(int(d[3].max()) for d in data.values()) + 1))
+    generators = group.algebra.to(torch.float64)
+
+    sigma = cfg["llc"]["noise_std"]
+    trained: list[dict[str, Any]] = []
+    for seed in cfg["seeds"]:
+        for version in ("symmetric", "broken"):
+            x, y, xh, yh = data[version]
+            models, r_out = _build(group, cfg, in_channels, out_channels, in_radius, seed)
+            y, yh = crop(y, r_out).contiguous(), crop(yh, r_out).contiguous()
+            for name, model in models.items():
+                # Adam is invariant to the loss scale, so regression trains on sigma = 1
+                fit_nll = gaussian_nll(1.0) if kind == "regression" else categorical_nll
+                wall = _fit(model, fit_nll, x, y, cfg["training"], seed, run_dir / name)
+                if kind == "regression" and sigma == "auto":
+                    # the first fitted model (seed 0, symmetric, baseline) sets the noise level
+                    with torch.no_grad():
+                        resid = torch.cat(
+                            [model(x[i : i + 256]) - y[i : i + 256] for i in range(0, len(x), 256)]
+                        )
+                    sigma = float(resid.square().mean().sqrt())
+                say(f"seed {seed} {version} {name}: trained in {wall:.1f} s")
+                trained.append(
+                    {
+                        "seed": seed,
+                        "data": version,
+                        "model": name,
+                        "module": model,
+                        "split": ((x, y), (xh, yh)),
+                        "train_time_s": wall,
+                    }
+                )
+
+    def nll_of(kind_: str) -> Callable:
+        return gaussian_nll(float(sigma)) if kind_ == "regression" else categorical_nll
+
+    noise = float(sigma) if kind == "regression" else 1.0
+    llc_opts = dict(cfg["llc"])
+
+    runs: list[dict[str, Any]] = []
+    for t in trained:
+        model = t.pop("module")
+        (x, y), (xh, yh) = t.pop("split")
+        raw, free = count_parameters(model)
+        start = time.perf_counter()
+        m = measure_degeneracy(
+            model,
+            kind,
+            nll_of(kind),
+            noise,
+            (x, y),
+            (xh, yh),
+            generators,
+            llc_opts,
+            n_rank=samples["n_rank"],
+            n_emulate=samples["n_emulate"],
+            seed=t["seed"],
+        )
+        m.update(t)
+        m.update(
+            {
+                "raw_parameters": raw,
+                "free_parameters": free,
+                "measure_time_s": time.perf_counter() - start,
+            }
+        )
+        say(
+            f"seed {t['seed']} {t['data']} {t['model']}: LLC {m['llc']['mean']:.2f} +- "
+            f"{m['llc']['std']:.2f} (half effective dim {m['effective_dimension'] / 2:.2f}), "
+            f"functional dim {m['functional_dimension']} of {free}, GN rank "
+            f"{m['gauss_newton']['rank']}, emulability "
+            + ", ".join(f"{e['residual']:.3f}" for e in m["emulability"])
+        )
+        runs.append(m)
+
+    report = _summarise(cfg, group, runs, sigma if kind == "regression" else None)
+    report["n_samples"] = samples["n"]
+    return report
+
+
+_SUMMARY_KEYS = (
+    "train_nll",
+    "heldout_nll",
+    "grad_norm",
+    "functional_dimension",
+    "effective_dimension",
+    "gradient_bias",
+)
+
+
+def _summarise(
+    cfg: dict, group: DiscoveredGroup, runs: list[dict], sigma: float | None
+) -> dict[str, Any]:
+    summary: dict[str, dict[str, Any]] = {}
+    for version in ("symmetric", "broken"):
+        for name in ("baseline", "equivariant"):
+            rs = [r for r in runs if r["data"] == version and r["model"] == name]
+            entry: dict[str, Any] = {
+                "raw_parameters": rs[0]["raw_parameters"],
+                "free_parameters": rs[0]["free_parameters"],
+                "llc": _stats([r["llc"]["mean"] for r in rs]),
+                "llc_chain_sd": _stats([r["llc"]["std"] for r in rs]),
+                "gauss_newton_rank": _stats([r["gauss_newton"]["rank"] for r in rs]),
+                "healthy": all(r["llc"]["healthy"] for r in rs),
+                "emulability": [
+                    _stats([r["emulability"][i]["residual"] for r in rs])
+                    for i in range(len(rs[0]["emulability"]))
+                ],
+                "symmetry_curvature": [
+                    _stats(
+                        [
+                            r["symmetry_directions"][i].get("relative_to_random", math.nan)
+                            for r in rs
+                        ]
+                    )
+                    if any(r["symmetry_directions"][i]["available"] for r in rs)
+                    else None
+                    for i in range(len(rs[0]["symmetry_directions"]))
+                ],
+            }
+            for key in _SUMMARY_KEYS:
+                entry[key] = _stats([r[key] for r in rs])
+            summary[f"{version}/{name}"] = entry
+
+    predicted = [group.dim / 4, group.dim / 2]
+    susceptibility: dict[str, Any] = {}
+    for name in ("baseline", "equivariant"):
+        sym = [r for r in runs if r["data"] == "symmetric" and r["model"] == name]
+        brk = [r for r in runs if r["data"] == "broken" and r["model"] == name]
+        deltas = [a["llc"]["mean"] - b["llc"]["mean"] for a, b in zip(sym, brk, strict=True)]
+        finite = [v for v in deltas if math.isfinite(v)]
+        if len(deltas) > 1:
+            se = statistics.stdev(finite) / math.sqrt(len(finite)) if len(finite) > 1 else math.nan
+            basis = "seeds"
+        else:
+            se = math.hypot(sym[0]["llc"]["stderr"], brk[0]["llc"]["stderr"])
+            basis = "chains"
+        delta = statistics.fmean(finite) if finite else math.nan
+        susceptibility[name] = {
+            "delta": delta,
+            "stderr": se,
+            "uncertainty_from": basis,
+            "per_seed": deltas,
+            # the constraint already removed the symmetry's directions from the group model
+            "predicted_drop": predicted if name == "baseline" else [0.0, 0.0],
+            "z": delta / se if se > 0 else math.nan,
+        }
+    report = {
+        "task": cfg["task"],
+        "seeds": cfg["seeds"],
+        "config": {k: v for k, v in cfg.items() if k != "seeds"},
+        "group": {
+            "dim": group.dim,
+            "n_components": group.n_components,
+            "generators": group.algebra.tolist(),
+        },
+        "noise_std": sigma,
+        "localization": runs[0]["llc"]["localization"],
+        "runs": runs,
+        "summary": summary,
+        "susceptibility": susceptibility,
+    }
+    report["table"] = _table(report)
+    report["reading"] = _reading(report)
+    return report
+
+
+def _pm(s: dict[str, Any], fmt: str = ".2f") -> str:
+    if not math.isfinite(s.get("sd", math.nan)):
+        return format(s["mean"], fmt)
+    return f"{format(s['mean'], fmt)} ± {format(s['sd'], fmt)}"
+
+
+def _table(report: dict[str, Any]) -> str:
+    header = [
+        "data",
+        "model",
+        "raw params",
+        "free params",
+        "LLC",
+        "chain sd",
+        "GN rank",
+        "functional dim",
+        "effective dim / 2",
+        "gradient bias",
+        "held-out NLL",
+        "emulability residual",
+        "symmetry-direction curvature / random",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, e in report["summary"].items():
+        version, name = key.split("/")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    version,
+                    name,
+                    str(e["raw_parameters"]),
+                    str(e["free_parameters"]),
+                    _pm(e["llc"]) + ("" if e["healthy"] else " (unhealthy)"),
+                    format(e["llc_chain_sd"]["mean"], ".2f"),
+                    _pm(e["gauss_newton_rank"], ".0f"),
+                    _pm(e["functional_dimension"], ".0f"),
+                    format(e["effective_dimension"]["mean"] / 2, ".2f"),
+                    _pm(e["gradient_bias"], ".2f"),
+                    _pm(e["heldout_nll"], ".3g"),
+                    ", ".join(_pm(s, ".3f") for s in e["emulability"]),
+                    ", ".join(
+                        "none (kernels invariant)" if c is None else _pm(c, ".3g")
+                        for c in e["symmetry_curvature"]
+                    ),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "| model | Δ LLC (symmetric - broken) | stderr | predicted drop |",
+        "|---|---|---|---|",
+    ]
+    for name, s in report["susceptibility"].items():
+        lo, hi = s["predicted_drop"]
+        lines.append(
+            f"| {name} | {s['delta']:+.2f} | {s['stderr']:.2f} ({s['uncertainty_from']}) "
+            f"| -{lo:.2f} to -{hi:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _reading(report: dict[str, Any]) -> str:
+    """A plain reading of the numbers, generated from them (never a fixed text)."""
+    s, summ = report["susceptibility"], report["summary"]
+    dim = report["group"]["dim"]
+    lines = []
+    b_free = summ["symmetric/baseline"]["free_parameters"]
+    e_free = summ["symmetric/equivariant"]["free_parameters"]
+    lines.append(
+        f"The group model has {e_free} free parameters against {b_free} "
+        f"({b_free / max(e_free, 1):.1f}x fewer); its LLC is "
+        f"{summ['symmetric/equivariant']['llc']['mean']:.2f} against "
+        f"{summ['symmetric/baseline']['llc']['mean']:.2f} on the symmetric data."
+    )
+    for name in ("baseline", "equivariant"):
+        d = s[name]
+        lo, hi = d["predicted_drop"]
+        if not math.isfinite(d["delta"]):
+            lines.append(
+                f"{name}: the LLC could not be measured on both data versions (see the runs' "
+                "llc.problems), so there is no susceptibility to read."
+            )
+            continue
+        resolved = d["stderr"] > 0 and abs(d["delta"]) > 2 * d["stderr"]
+        within = -hi - 2 * d["stderr"] <= d["delta"] <= -lo + 2 * d["stderr"]
+        if name == "equivariant":
+            verdict = (
+                "as predicted, no resolved change (its kernels are invariant, so the symmetry "
+                "has no directions left to flatten)"
+                if not resolved
+                else "resolved: the constrained model's LLC changed with the data although the "
+                "constraint leaves the symmetry no directions, so this is the changed function, "
+                "not the symmetry"
+            )
+            lines.append(
+                f"{name}: Δ LLC (symmetric - broken) = {d['delta']:+.2f} ± {d['stderr']:.2f} "
+                f"(stderr over {d['uncertainty_from']}): {verdict}."
+            )
+            continue
+        verdict = (
+            "consistent with the predicted drop"
+            if within and resolved
+            else "not resolved from zero (|Δ| < 2 stderr)"
+            if not resolved
+            else "resolved, but not of the predicted size and sign"
+        )
+        lines.append(
+            f"{name}: Δ LLC (symmetric - broken) = {d['delta']:+.2f} ± {d['stderr']:.2f} "
+            f"(stderr over {d['uncertainty_from']}); an emulable {dim}-dimensional symmetry "
+            f"predicts a drop of {lo:.2f} to {hi:.2f}: {verdict}."
+        )
+    sym_c = summ["symmetric/baseline"]["symmetry_curvature"]
+    brk_c = summ["broken/baseline"]["symmetry_curvature"]
+    for i, (a, b) in enumerate(zip(sym_c, brk_c, strict=True)):
+        if a is None or b is None:
+            continue
+        lines.append(
+            f"Generator {i} in the unconstrained model's weights (every kernel transformed): "
+            f"loss curvature {a['mean']:.3g} x that of a random direction after training on "
+            f"the symmetric data, {b['mean']:.3g} x on the broken data "
+            + (
+                "- the symmetric data made it flatter, as the symmetry predicts."
+                if a["mean"] < b["mean"]
+                else "- not flatter on the symmetric data: the prediction is not borne out."
+            )
+        )
+    emu = summ["symmetric/baseline"]["emulability"]
+    if emu:
+        lines.append(
+            "Emulability residual of the discovered generator(s) by the unconstrained model on "
+            "the symmetric data: "
+            + ", ".join(f"{e['mean']:.3f}" for e in emu)
+            + " (0 = a weight change reproduces the input perturbation, 1 = none helps)."
+        )
+    return "\n".join(lines)
+
+
+def _plot(report: dict[str, Any], path: Path) -> Path:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    keys = list(report["summary"])
+    means = [report["summary"][k]["llc"]["mean"] for k in keys]
+    errs = [
+        report["summary"][k]["llc"]["sd"]
+        if math.isfinite(report["summary"][k]["llc"]["sd"])
+        else report["summary"][k]["llc_chain_sd"]["mean"]
+        for k in keys
+    ]
+    ax1.bar(range(len(keys)), means, yerr=errs, color=["C0", "C1", "C0", "C1"], capsize=4)
+    ax1.set_xticks(range(len(keys)), [k.replace("/", "\n") for k in keys], fontsize=8)
+    ax1.set_ylabel("LLC estimate")
+    ax1.set_title(f"{report['task']}: LLC (error bar: sd)")
+    for r in report["runs"]:
+        if r["seed"] != report["seeds"][0]:
+            continue
+        mu = torch.tensor(r["gauss_newton"]["eigenvalues"]).clamp_min(1e-30)
+        style = "-" if r["data"] == "symmetric" else "--"
+        color = "C0" if r["model"] == "baseline" else "C1"
+        ax2.semilogy(mu.numpy(), style, color=color, label=f"{r['data']} {r['model']}")
+    ax2.set_xlabel("index")
+    ax2.set_ylabel("Gauss-Newton eigenvalue")
+    ax2.set_title("Gauss-Newton spectra (first seed)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return write_atomic(path, buf.getvalue())
+
+
+def write_degeneracy_report(report: dict[str, Any], run_dir: Path) -> tuple[Path, Path, Path]:
+    """Write ``run_dir/report.json`` (non-finite numbers as null), ``report.md`` and
+    ``report.png`` atomically; returns the three paths."""
+    run_dir = Path(run_dir)
+    if "summary" not in report or "table" not in report:
+        raise ValueError("report must come from run_degeneracy (needs 'summary' and 'table')")
+    json_path = write_json_atomic(run_dir / "report.json", json_safe(report))
+    seeds = ", ".join(str(s) for s in report["seeds"])
+    md = (
+        f"# Degeneracy: {report['task']}\n\n"
+        f"Group: dimension {report['group']['dim']}, {report['group']['n_components']} "
+        f"component(s). Seeds: {seeds}. n = {report.get('n_samples')} chart samples; "
+        + (
+            f"Gaussian noise sigma = {report['noise_std']:.4g}. "
+            if report.get("noise_std") is not None
+            else "categorical likelihood. "
+        )
+        + f"Localisation gamma = {report['localization']:.3g}. "
+        "Values are mean ± sd over seeds (one seed: the value); 'chain sd' is the spread "
+        "of the LLC over SGLD chains; 'effective dim / 2' is what the LLC estimate would be on "
+        "a quadratic basin, 'gradient bias' the quadratic estimate of how much w* not being an "
+        "exact minimum would lower the estimate: the gradient correction removes it, so it is "
+        "in neither column. Seeds vary the initial weights, batch order and sampler; the "
+        "chart samples are drawn once (data.seed).\n\n"
+        f"{report['table']}\n\n## Reading\n\n{report['reading']}\n"
+    )
+    md_path = write_atomic(run_dir / "report.md", md)
+    return json_path, md_path, _plot(report, run_dir / "report.png")

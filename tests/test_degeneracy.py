@@ -1,0 +1,257 @@
+"""Degeneracy report (downstream/degeneracy.py): likelihood factors, the Hessian, symmetry
+directions in weight space, and a small end-to-end report on the heat task."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from known_groups import so2
+from torch import nn
+
+from atlasd.downstream.degeneracy import (
+    NLLOutputs,
+    categorical_nll,
+    conv_rotation_tangent,
+    gaussian_nll,
+    run_degeneracy,
+    write_degeneracy_report,
+)
+from atlasd.downstream.ranks import gauss_newton_matrix, loss_hessian
+from atlasd.group import DiscoveredGroup
+
+
+def o2_group() -> DiscoveredGroup:
+    return DiscoveredGroup(
+        so2(), cosets=torch.stack([torch.eye(2), torch.diag(torch.tensor([1.0, -1.0]))])
+    )
+
+
+def test_nll_outputs_give_the_exact_hessian_of_models_linear_in_their_parameters():
+    """For logits / predictions linear in the parameters the NLL's Hessian has no residual term:
+    J~^T J~ / n from NLLOutputs must equal the Hessian from Hessian-vector products."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 2, 5, 5, generator=gen, dtype=torch.float64)
+    model = nn.Conv2d(2, 3, 3, padding=1).double()
+    y_cls = torch.randint(0, 3, (12, 5, 5), generator=gen)
+    h = loss_hessian(model, categorical_nll, x, y_cls)
+    g = gauss_newton_matrix(NLLOutputs(model, "classification"), x)
+    assert torch.allclose(h, g, rtol=1e-9, atol=1e-9 * float(h.abs().max()))
+    # regression: H = J^T J / (n sigma^2)
+    y_reg = torch.randn(12, 3, 5, 5, generator=gen, dtype=torch.float64)
+    h = loss_hessian(model, gaussian_nll(0.3), x, y_reg)
+    g = gauss_newton_matrix(NLLOutputs(model, "regression", 0.3), x)
+    assert torch.allclose(h, g, rtol=1e-9, atol=1e-9 * float(h.abs().max()))
+    # the residual term makes a nonlinear model's Hessian differ from its Gauss-Newton matrix
+    deep = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 3, 1)).double()
+    h = loss_hessian(deep, gaussian_nll(0.3), x, y_reg)
+    g = gauss_newton_matrix(NLLOutputs(deep, "regression", 0.3), x)
+    assert float((h - g).norm() / h.norm()) > 1e-3
+    assert float(torch.linalg.eigvalsh(g)[0]) > -1e-8  # Gauss-Newton is PSD
+
+
+def test_rotation_tangent_of_a_ramp_kernel_is_the_rotated_ramp():
+    """K(z) = x (a ramp to the right): K(exp(tA) z) with A the rotation generator gives
+    d/dt = (A z) . grad K = -y, a ramp downward; central differences are exact on the interior."""
+    conv = nn.Conv2d(1, 1, 5, bias=True)
+    r = torch.arange(5.0) - 2
+    with torch.no_grad():
+        conv.weight.copy_(r.expand(5, 5)[None, None])  # value x = column - 2
+        conv.bias.fill_(0.7)
+    t = conv_rotation_tangent(nn.Sequential(conv), so2()[0])
+    dk, db = t[:25].reshape(5, 5), t[25:]
+    y = (2 - torch.arange(5.0))[:, None].expand(5, 5).double()  # value y = 2 - row
+    assert torch.allclose(dk[1:4, 1:4], -y[1:4, 1:4], atol=1e-12)
+    assert torch.equal(db, torch.zeros(1, dtype=torch.float64))
+    # an isotropic kernel has (almost) no rotation tangent on the interior
+    with torch.no_grad():
+        conv.weight.copy_(torch.exp(-(r[None] ** 2 + r[:, None] ** 2) / 2)[None, None])
+    t = conv_rotation_tangent(nn.Sequential(conv), so2()[0])
+    assert float(t[:25].reshape(5, 5)[1:4, 1:4].abs().max()) < 1e-12
+    assert conv_rotation_tangent(nn.Sequential(nn.Linear(3, 2)), so2()[0]) is None
+
+
+@pytest.fixture(scope="module")
+def heat_report(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("degeneracy")
+    config = {
+        "task": "heat",
+        "data": {"n": 12, "seed": 0, "val_fraction": 0.1},
+        "broken": {"anisotropy": [1.5, 0.5]},
+        "samples": {"n": 120, "n_heldout": 40, "n_rank": 6, "n_emulate": 8},
+        "models": {
+            "baseline": {"hidden": [4], "kernel_size": 5},
+            "equivariant": {"hidden": ["2*S + 1*V"], "kernel_size": 5},
+        },
+        "training": {"epochs": 2, "lr": 0.01, "batch_size": 32, "polish_steps": 5},
+        "llc": {"chains": 2, "burn_in": 5, "draws": 10, "batch_size": 32},
+        "seeds": [0],
+    }
+    report = run_degeneracy(config, o2_group(), run_dir)
+    return report, run_dir
+
+
+def test_report_counts_and_ranks(heat_report):
+    report, _ = heat_report
+    summary = report["summary"]
+    assert set(summary) == {
+        "symmetric/baseline",
+        "symmetric/equivariant",
+        "broken/baseline",
+        "broken/equivariant",
+    }
+    base, eq = summary["symmetric/baseline"], summary["symmetric/equivariant"]
+    # conv 1->4 (5x5) and 4->1 (5x5) with biases
+    assert base["raw_parameters"] == base["free_parameters"] == 4 * 25 + 4 + 4 * 25 + 1
+    assert eq["free_parameters"] < base["free_parameters"]
+    for run in report["runs"]:
+        d = run["free_parameters"]
+        assert 0 < run["functional_dimension"] <= d
+        assert run["gauss_newton"]["rank"] <= d
+        assert len(run["gauss_newton"]["eigenvalues"]) == d
+        lo, hi = run["rank_bounds"]
+        assert lo == run["functional_dimension"] / 2 and hi >= lo
+        assert 0 <= run["effective_dimension"] <= d
+        assert run["llc"]["preconditioned"] and run["llc"]["chains"] == 2
+        assert len(run["emulability"]) == 1 and run["emulability"][0]["residual"] >= 0
+        direction = run["symmetry_directions"][0]
+        # only the unconstrained stack has a known weight-space image of the generator
+        assert direction["available"] == (run["model"] == "baseline")
+        if direction["available"]:
+            assert direction["curvature"] >= 0 and 0 <= direction["spectrum_quantile"] <= 1
+    assert report["noise_std"] > 0
+    s = report["susceptibility"]["baseline"]
+    assert s["predicted_drop"] == [0.25, 0.5]
+    assert s["uncertainty_from"] == "chains"
+
+
+def test_report_files(heat_report):
+    report, run_dir = heat_report
+    paths = write_degeneracy_report(report, run_dir)
+    assert [p.name for p in paths] == ["report.json", "report.md", "report.png"]
+    doc = json.loads(paths[0].read_text())
+    assert doc["task"] == "heat" and len(doc["runs"]) == 4
+    md = paths[1].read_text()
+    assert "Δ LLC" in md and "## Reading" in md and "free parameters" in md
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(run_dir.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"broken": {}}, "broken must name"),
+        ({"task": "jets"}, "unknown degeneracy task"),
+        ({"llc": {"stepsize": 0.1}}, "unknown llc option"),
+        ({"samples": {"n": 0}}, "samples.n must be a positive int"),
+        ({"samples": {"n": 40, "n_rank": 41}}, "n_rank cannot exceed samples.n"),
+        ({"models": {"baseline": {"kernel_size": 4}}}, "kernel_size must be an odd"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"training": {"polish_steps": -1}}, "polish_steps must be an int >= 0"),
+        ({"samples": {"n": 10_000, "n_heldout": 10, "n_emulate": 8}}, "raise data.n"),
+        ({"models": {"baseline": {"hidden": [4, 4]}}}, "same depth and kernel size"),
+    ],
+)
+def test_bad_config_fails_early(tmp_path, change, message):
+    config = {
+        "task": "heat",
+        "data": {"n": 8, "seed": 0},
+        "broken": {"anisotropy": [1.5, 0.5]},
+        "samples": {"n": 40, "n_heldout": 10, "n_rank": 8, "n_emulate": 8},
+        "training": {"epochs": 1},
+        **change,
+    }
+    with pytest.raises(ValueError, match=message):
+        run_degeneracy(config, o2_group(), tmp_path)
+
+
+def test_gaussian_nll_scale():
+    pred, target = torch.zeros(2, 1, 3, 3), torch.ones(2, 1, 3, 3)
+    assert float(gaussian_nll(0.5)(pred, target)) == pytest.approx(0.5 * 9 / 0.25)
+    assert math.isclose(
+        float(categorical_nll(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))),
+        4 * math.log(4),
+        rel_tol=1e-6,
+    )
+
+
+def test_cli_degeneracy_names_a_missing_group(tmp_path, capsys):
+    from atlasd.cli import main
+
+    assert main(["degeneracy", "--task", "heat", "--run_dir", str(tmp_path / "r")]) == 1
+    assert "--group GROUP.json is required" in capsys.readouterr().err
+    missing = str(tmp_path / "none.json")
+    assert main(["degeneracy", "--group", missing, "--run_dir", str(tmp_path / "r")]) == 1
+    assert "no group file" in capsys.readouterr().err
+    assert main(["degeneracy", "--llc", "[1]"]) == 2
+
+
+def test_gradient_bias_and_its_correction_away_from_the_minimum():
+    """Linear regression moved off its least-squares solution: the loss is exactly quadratic,
+    so the plain estimate must equal half the effective dimension plus gradient_bias, and the
+    gradient-corrected estimate half the effective dimension (the value at the minimum)."""
+    from atlasd.downstream.degeneracy import gradient_bias
+    from atlasd.downstream.llc import estimate_llc
+    from atlasd.downstream.ranks import effective_dimension
+
+    n = 2000
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 4, generator=gen) * torch.tensor([0.1, 0.3, 1.0, 2.0])
+    y = x @ torch.randn(4, 1, generator=gen) + torch.randn(n, 1, generator=gen)
+    model = nn.Linear(4, 1, bias=False)
+    g = gauss_newton_matrix(model, x)
+    soft = torch.linalg.eigh(g)[1][:, 0]
+    with torch.no_grad():
+        w = torch.linalg.lstsq(x.double(), y.double()).solution.T
+        model.weight.copy_((w + soft).float())  # off the minimum along the softest direction
+    nll = gaussian_nll(1.0)
+    loss = nll(model(x), y)
+    grad = torch.autograd.grad(loss, [model.weight])[0].reshape(-1).double()
+    n_beta = n / math.log(n)
+    gamma = 1.0
+    half = 0.5 * effective_dimension(torch.linalg.eigvalsh(g), n_beta, gamma)
+    bias = gradient_bias(grad, g, n_beta, gamma)
+    assert bias < -1.0  # the offset matters at this gamma
+    pre = torch.linalg.inv(n_beta * g + gamma * torch.eye(4, dtype=g.dtype))
+    kw = {
+        "n_beta": n_beta, "localization": gamma, "step_size": 0.05, "preconditioner": pre,
+        "chains": 8, "burn_in": 200, "draws": 800, "batch_size": 500, "check": "off",
+    }  # fmt: skip
+    plain = estimate_llc(model, (x, y), nll, **kw)
+    corrected = estimate_llc(model, (x, y), nll, gradient_correction=True, **kw)
+    assert plain.mean == pytest.approx(half + bias, abs=0.15 + 0.08 * abs(half + bias))
+    assert corrected.mean == pytest.approx(half, rel=0.08)
+    assert corrected.settings["gradient_correction"]
+    # at the least-squares solution there is nothing to correct
+    assert gradient_bias(torch.zeros(4, dtype=torch.float64), g, n_beta, gamma) == 0.0
+
+
+@pytest.mark.slow
+def test_cli_degeneracy_end_to_end_with_wandb(tmp_path, capsys):
+    """`atlasd degeneracy --config configs/degeneracy_heat.yaml` shrunk to seconds: report files,
+    the printed table and reading, and an offline wandb run with the table and the plot."""
+    from wandb_records import read_offline_run
+
+    from atlasd.cli import main
+
+    group_path = o2_group().save(tmp_path / "group.json")
+    run_dir = tmp_path / "deg"
+    argv = [
+        "degeneracy", "--config", "configs/degeneracy_heat.yaml", "--group", str(group_path),
+        "--run_dir", str(run_dir), "--data", '{"n": 12, "seed": 0}',
+        "--samples", '{"n": 120, "n_heldout": 40, "n_rank": 6, "n_emulate": 8}',
+        "--training", '{"epochs": 1, "polish_steps": 2}',
+        "--llc", '{"chains": 2, "burn_in": 4, "draws": 8, "batch_size": 32}',
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Δ LLC" in out and "free parameters" in out
+    assert {p.name for p in run_dir.glob("report.*")} == {"report.json", "report.md", "report.png"}
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["config"]["samples"]["n"] == 120
+    (run,) = (run_dir / "wandb").glob("offline-run-*")
+    assert len(list(run.glob("files/media/images/report/plot_*.png"))) == 1
+    logged = read_offline_run(run)
+    assert "susceptibility/baseline/delta_llc" in logged["summary"]
