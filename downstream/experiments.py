@@ -70,6 +70,7 @@ __all__ = [
     "build_models",
     "count_parameters",
     "mean_iou",
+    "quiet_trainer",
     "run_downstream",
     "write_report",
 ]
@@ -395,6 +396,24 @@ class DownstreamModule(lightning.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
+def quiet_trainer(
+    epochs: int, root: Path, gradient_clip_val: float | None = None
+) -> lightning.Trainer:
+    """A CPU Lightning Trainer for the short comparison fits: no logger, checkpoints, progress
+    bar or model summary (the reports carry the figures)."""
+    return lightning.Trainer(
+        max_epochs=int(epochs),
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=gradient_clip_val,
+        default_root_dir=root,
+    )
+
+
 @torch.no_grad()
 def _predict(module: DownstreamModule, x: Tensor, batch_size: int) -> Tensor:
     module.eval()
@@ -542,16 +561,8 @@ def run_downstream(
                 shuffle=True,
                 generator=torch.Generator().manual_seed(seed),
             )
-            trainer = lightning.Trainer(
-                max_epochs=opts["epochs"],
-                accelerator="cpu",
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                gradient_clip_val=opts["gradient_clip_val"],
-                default_root_dir=run_dir / name / f"seed_{seed}",
+            trainer = quiet_trainer(
+                opts["epochs"], run_dir / name / f"seed_{seed}", opts["gradient_clip_val"]
             )
             wall0, cpu0 = time.perf_counter(), time.process_time()
             trainer.fit(module, train_dataloaders=loader)

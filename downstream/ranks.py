@@ -41,6 +41,7 @@ __all__ = [
     "effective_dimension",
     "functional_dimension",
     "gauss_newton_matrix",
+    "gauss_newton_probe",
     "gauss_newton_spectrum",
     "jacobian_spectrum",
     "llc_rank_bounds",
@@ -288,6 +289,51 @@ def functional_dimension(model: nn.Module, inputs: Tensor, tol: float | None = N
     gives ``r (M + N - r)``.
     """
     return jacobian_spectrum(model, inputs, tol).rank
+
+
+def gauss_newton_probe(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    probes: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> Tensor:
+    """Unbiased randomised estimate ``(d, d)`` (float64) of ``J^T J / n`` over ALL ``n`` inputs
+    from vector-Jacobian products: for a batch ``B`` and ``v ~ N(0, I)`` on its outputs,
+    ``u = J_B^T v`` has ``E[u u^T] = sum_{i in B} J_i^T J_i``. One reverse pass per probe
+    (vectorised over the probes of a batch) instead of one per output or per parameter, so it
+    covers the whole data where the exact :func:`gauss_newton_matrix` can afford a few samples.
+
+    Args:
+        model: maps ``(n, ...)`` to ``(n, ...)``; runs in its own dtype (untouched).
+        inputs: ``(n, ...)`` samples.
+        probes: total probes (default ``4 d``, spread evenly over the batches; the estimate has
+            rank at most ``probes``).
+        batch_size: inputs per batch.
+        seed: seed of the probe vectors.
+    """
+    from torch.func import vjp
+
+    x = check_inputs(inputs).to(next(model.parameters()).dtype)
+    flat = FlatModel(model)
+    w = flat.w.detach()
+    d = flat.n_parameters
+    n = x.shape[0]
+    batch_size = _positive_int(batch_size, "batch_size")
+    n_batches = math.ceil(n / batch_size)
+    total = 4 * d if probes is None else _positive_int(probes, "probes")
+    per_batch = max(1, math.ceil(total / n_batches))
+    gen = torch.Generator().manual_seed(int(seed))
+    g = torch.zeros(d, d, dtype=F64)
+    for start in range(0, n, batch_size):
+        xb = x[start : start + batch_size]
+        out, pullback = vjp(lambda theta, xb=xb: flat(theta, xb), w)
+        v = torch.randn((per_batch, *out.shape), generator=gen, dtype=out.dtype)
+        (u,) = vmap(pullback)(v)
+        u = u.to(F64)
+        g.addmm_(u.T, u, alpha=1.0 / per_batch)
+    return g.div_(n)
 
 
 def loss_hessian(
