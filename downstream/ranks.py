@@ -43,6 +43,7 @@ __all__ = [
     "gauss_newton_matrix",
     "gauss_newton_probe",
     "gauss_newton_spectrum",
+    "hessian_extreme_eigenvalue",
     "jacobian_spectrum",
     "llc_rank_bounds",
     "loss_hessian",
@@ -334,6 +335,47 @@ def gauss_newton_probe(
         u = u.to(F64)
         g.addmm_(u.T, u, alpha=1.0 / per_batch)
     return g.div_(n)
+
+
+def hessian_extreme_eigenvalue(
+    model: nn.Module,
+    loss: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    which: str = "SA",
+    chunk: int = 512,
+    tol: float = 1e-3,
+) -> float:
+    """Smallest (``which="SA"``) or largest (``"LA"``) eigenvalue of the Hessian of the mean
+    loss over ALL ``inputs`` at the model's parameters, by Lanczos (``scipy.sparse.linalg.eigsh``)
+    on Hessian-vector products (forward over reverse, accumulated over chunks of ``chunk``
+    samples). Never forms the ``(d, d)`` Hessian: tens of products instead of ``d``."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+    from torch.func import grad, jvp
+
+    if which not in ("SA", "LA"):
+        raise ValueError(f"which must be 'SA' or 'LA', got {which!r}")
+    flat = FlatModel(model)
+    w = flat.w.detach()
+    d, n = flat.n_parameters, inputs.shape[0]
+    chunk = _positive_int(chunk, "chunk")
+
+    def hvp(v):
+        t = torch.as_tensor(v, dtype=w.dtype).reshape(-1)
+        out = torch.zeros(d, dtype=F64)
+        for s in range(0, n, chunk):
+            xb, yb = inputs[s : s + chunk], targets[s : s + chunk]
+            h = jvp(grad(lambda theta, xb=xb, yb=yb: loss(flat(theta, xb), yb)), (w,), (t,))[1]
+            out += h.to(F64) * (xb.shape[0] / n)
+        return out.numpy()
+
+    if d == 1:
+        return float(hvp([1.0])[0])
+    op = LinearOperator((d, d), matvec=hvp, dtype="float64")
+    start = torch.ones(d, dtype=F64).numpy()
+    value = eigsh(op, k=1, which=which, tol=tol, v0=start, return_eigenvectors=False)
+    return float(value[0])
 
 
 def loss_hessian(

@@ -241,3 +241,25 @@ def test_gauss_newton_probe_is_an_unbiased_estimate_over_all_samples():
         assert float(torch.trace(estimate) / torch.trace(exact)) == pytest.approx(1.0, abs=0.05)
     assert errors[1] < 0.12
     assert errors[1] < 0.5 * errors[0]  # 16x the probes: about 4x smaller
+
+
+def test_hessian_extreme_eigenvalues_by_lanczos_match_the_full_hessian():
+    """Lanczos on chunked Hessian-vector products gives the extreme eigenvalues of the exact
+    Hessian (indefinite away from a minimum) without forming it."""
+    from atlasd.downstream.degeneracy import gaussian_nll
+    from atlasd.downstream.ranks import hessian_extreme_eigenvalue, loss_hessian
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 3, padding=1))
+    model = model.double()
+    x = torch.randn(64, 2, 6, 6, dtype=torch.float64)
+    y = torch.randn(64, 2, 6, 6, dtype=torch.float64)
+    nll = gaussian_nll(1.0)
+    eigenvalues = torch.linalg.eigvalsh(loss_hessian(model, nll, x, y))
+    assert float(eigenvalues[0]) < 0  # an untrained model: indefinite
+    low = hessian_extreme_eigenvalue(model, nll, x, y, chunk=16)
+    high = hessian_extreme_eigenvalue(model, nll, x, y, which="LA")
+    assert low == pytest.approx(float(eigenvalues[0]), rel=1e-6)
+    assert high == pytest.approx(float(eigenvalues[-1]), rel=1e-6)
+    with pytest.raises(ValueError, match="which must be"):
+        hessian_extreme_eigenvalue(model, nll, x, y, which="BE")
