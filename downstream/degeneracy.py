@@ -1029,9 +1029,9 @@ def _table(report: dict[str, Any]) -> str:
     ]
     for name, s in report["susceptibility"].items():
         lo, hi = s["predicted_drop"]
+        drop = f"-{lo:.2f} to -{hi:.2f}" if hi > 0 else "0 (no symmetry directions left)"
         lines.append(
-            f"| {name} | {s['delta']:+.2f} | {s['stderr']:.2f} ({s['uncertainty_from']}) "
-            f"| -{lo:.2f} to -{hi:.2f} |"
+            f"| {name} | {s['delta']:+.2f} | {s['stderr']:.2f} ({s['uncertainty_from']}) | {drop} |"
         )
     return "\n".join(lines)
 
@@ -1091,15 +1091,19 @@ def _reading(report: dict[str, Any]) -> str:
     for i, (a, b) in enumerate(zip(sym_c, brk_c, strict=True)):
         if a is None or b is None:
             continue
+        spread = max((v for v in (a["sd"], b["sd"]) if math.isfinite(v)), default=math.nan)
+        if not math.isfinite(spread):
+            verdict = "one seed, so no uncertainty: read the difference as indicative only"
+        elif abs(a["mean"] - b["mean"]) <= 2 * spread:
+            verdict = "the difference is within 2 sd over seeds: not resolved"
+        elif a["mean"] < b["mean"]:
+            verdict = "flatter on the symmetric data, as the symmetry predicts"
+        else:
+            verdict = "not flatter on the symmetric data: the prediction is not borne out"
         lines.append(
             f"Generator {i} in the unconstrained model's weights (every kernel transformed): "
             f"loss curvature {a['mean']:.3g} x that of a random direction after training on "
-            f"the symmetric data, {b['mean']:.3g} x on the broken data "
-            + (
-                "- the symmetric data made it flatter, as the symmetry predicts."
-                if a["mean"] < b["mean"]
-                else "- not flatter on the symmetric data: the prediction is not borne out."
-            )
+            f"the symmetric data, {b['mean']:.3g} x on the broken data ({verdict})."
         )
     emu = summ["symmetric/baseline"]["emulability"]
     if emu:
