@@ -271,6 +271,12 @@ def _load_report_group(cfg):
     return DiscoveredGroup.load(path)
 
 
+def _report_config(cfg, sections: tuple[str, ...]) -> dict:
+    """``{"task": ..., section: options}`` of a downstream or degeneracy command (an empty YAML
+    section reads as null: no options)."""
+    return {"task": cfg.task, **{name: _coerce(cfg[name] or {}) for name in sections}}
+
+
 def _cmd_degeneracy(cfg) -> int:
     from atlasd.io import check_writable
 
@@ -278,16 +284,8 @@ def _cmd_degeneracy(cfg) -> int:
     run_dir = check_writable(Path(cfg.run_dir or f"runs/{cfg.task}-degeneracy"))
     from atlasd.downstream.degeneracy import run_degeneracy, write_degeneracy_report
 
-    config = {
-        "task": cfg.task,
-        "data": _coerce(cfg.data or {}),
-        "broken": _coerce(cfg.broken or {}),
-        "samples": _coerce(cfg.samples or {}),
-        "models": _coerce(cfg.models or {}),
-        "training": _coerce(cfg.training or {}),
-        "llc": _coerce(cfg.llc or {}),
-        "seeds": list(cfg.seeds),
-    }
+    config = _report_config(cfg, ("data", "broken", "samples", "models", "training", "llc"))
+    config["seeds"] = list(cfg.seeds)
     report = run_degeneracy(
         config, group, run_dir, log=lambda m: print(f"[atlasd] {m}", file=sys.stderr, flush=True)
     )
@@ -308,12 +306,7 @@ def _cmd_downstream(cfg) -> int:
     run_dir = check_writable(Path(cfg.run_dir or f"runs/{cfg.task}-downstream"))
     from atlasd.downstream.experiments import run_downstream, write_report
 
-    config = {
-        "task": cfg.task,
-        "data": _coerce(cfg.data or {}),
-        "training": _coerce(cfg.training or {}),
-        "models": _coerce(cfg.models or {}),
-    }
+    config = _report_config(cfg, ("data", "training", "models"))
     report = run_downstream(config, group, run_dir, list(cfg.seeds))
     write_report(report, run_dir)
     if cfg.logger == "wandb":

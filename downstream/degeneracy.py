@@ -826,15 +826,13 @@ def run_degeneracy(
                     }
                 )
 
-    def nll_of(kind_: str) -> Callable:
-        return gaussian_nll(float(sigma)) if kind_ == "regression" else categorical_nll
-
+    nll = gaussian_nll(float(sigma)) if kind == "regression" else categorical_nll
     noise = float(sigma) if kind == "regression" else 1.0
     llc_opts = dict(cfg["llc"])
     n_beta = float(default_llc_settings(samples["n"])["n_beta"])
     for t in trained:
         (x, y), _ = t["split"]
-        t["hessian_min_eigenvalue"] = hessian_extreme_eigenvalue(t["module"], nll_of(kind), x, y)
+        t["hessian_min_eigenvalue"] = hessian_extreme_eigenvalue(t["module"], nll, x, y)
     if llc_opts["localization"] == "auto":
         # the localised posterior is proper only if gamma outweighs n_beta times the most
         # negative Hessian eigenvalue; one gamma for every model keeps their LLCs comparable
@@ -854,7 +852,7 @@ def run_degeneracy(
         m = measure_degeneracy(
             model,
             kind,
-            nll_of(kind),
+            nll,
             noise,
             (x, y),
             (xh, yh),

@@ -177,15 +177,9 @@ def parameter_jacobian(model: nn.Module, inputs: Tensor, *, chunk_rows: int = 40
 
 def gauss_newton_matrix(model: nn.Module, inputs: Tensor, *, chunk_rows: int = 4096) -> Tensor:
     """``(d, d)`` float64 Gauss-Newton matrix ``J^T J / n`` of the model's outputs on ``n``
-    ``inputs`` (Jacobian blocks are accumulated, never held together: memory ``O(d^2)`` plus
-    one block). Its eigenvalues are :func:`gauss_newton_spectrum`'s."""
-    x = check_inputs(inputs)
-    flat = FlatModel(float64_copy(model))
-    blocks, _ = _chunk_jacobians(flat, x, _positive_int(chunk_rows, "chunk_rows"))
-    g = torch.zeros(flat.n_parameters, flat.n_parameters, dtype=F64)
-    for block in blocks:
-        g.addmm_(block.T, block)
-    return g.div_(x.shape[0])
+    ``inputs``, from :func:`jacobian_spectrum`'s factor (memory ``O(d^2)`` plus one Jacobian
+    block). Its eigenvalues are :func:`gauss_newton_spectrum`'s."""
+    return jacobian_spectrum(model, inputs, chunk_rows=chunk_rows).gauss_newton_matrix()
 
 
 @dataclass(frozen=True)
