@@ -254,4 +254,4 @@ def test_cli_degeneracy_end_to_end_with_wandb(tmp_path, capsys):
     (run,) = (run_dir / "wandb").glob("offline-run-*")
     assert len(list(run.glob("files/media/images/report/plot_*.png"))) == 1
     logged = read_offline_run(run)
-    assert "susceptibility/baseline/delta_llc" in logged["summary"]
+    assert "susceptibility/baseline/delta_llc" in logged["summary"], logged["kinds"]

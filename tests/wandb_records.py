@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,18 +40,42 @@ def _payloads(data: bytes) -> Iterator[bytes]:
             parts = []
 
 
-def read_offline_run(run: Path) -> dict[str, Any]:
-    """``{"history": set of keys, "summary": set of keys, "config": dict}`` of one offline run
-    folder (``.../wandb/offline-run-*``)."""
+def _records(path: Path) -> list[Any]:
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = run.glob("run-*.wandb")
-    history: set[str] = set()
-    summary: set[str] = set()
-    config: dict[str, Any] = {}
+    records = []
     for payload in _payloads(path.read_bytes()):
         rec = wandb_internal_pb2.Record()
         rec.ParseFromString(payload)
+        records.append(rec)
+    return records
+
+
+def read_offline_run(run: Path, timeout: float = 30.0) -> dict[str, Any]:
+    """``{"history": set of keys, "summary": set of keys, "config": dict, "kinds": record kinds
+    in order}`` of one offline run folder (``.../wandb/offline-run-*``).
+
+    wandb's service process writes the file; ``run.finish()`` can return before it has flushed
+    the tail, so this waits (up to ``timeout`` seconds) for the run's ``exit`` record."""
+    from google.protobuf.message import DecodeError
+
+    (path,) = run.glob("run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = _records(path)
+        except DecodeError:  # a record still being written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        if time.monotonic() > deadline:
+            kinds = [r.WhichOneof("record_type") for r in records]
+            raise TimeoutError(f"{path} has no exit record after {timeout} s; records: {kinds}")
+        time.sleep(0.2)
+    history: set[str] = set()
+    summary: set[str] = set()
+    config: dict[str, Any] = {}
+    for rec in records:
         kind = rec.WhichOneof("record_type")
         if kind == "history":
             history |= {it.key or "/".join(it.nested_key) for it in rec.history.item}
@@ -60,4 +85,5 @@ def read_offline_run(run: Path) -> dict[str, Any]:
             updates = rec.config.update if kind == "config" else rec.run.config.update
             for it in updates:
                 config[it.key or "/".join(it.nested_key)] = json.loads(it.value_json)
-    return {"history": history, "summary": summary, "config": config}
+    kinds = [r.WhichOneof("record_type") for r in records]
+    return {"history": history, "summary": summary, "config": config, "kinds": kinds}
