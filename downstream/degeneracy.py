@@ -1003,6 +1003,7 @@ def run_degeneracy(
 
 
 _SUMMARY_KEYS = (
+    "hessian_min_eigenvalue",
     "train_nll",
     "heldout_nll",
     "grad_norm",
@@ -1010,6 +1011,17 @@ _SUMMARY_KEYS = (
     "effective_dimension",
     "gradient_bias",
 )
+
+
+def _direction_stats(runs: list[dict], key: str) -> list[dict[str, Any] | None]:
+    """Per generator, ``_stats`` of one symmetry-direction figure over runs (None where no run
+    has the direction, e.g. the group model's invariant kernels)."""
+    return [
+        _stats([r["symmetry_directions"][i].get(key, math.nan) for r in runs])
+        if any(r["symmetry_directions"][i]["available"] for r in runs)
+        else None
+        for i in range(len(runs[0]["symmetry_directions"]))
+    ]
 
 
 def _summarise(
@@ -1030,17 +1042,8 @@ def _summarise(
                     _stats([r["emulability"][i]["residual"] for r in rs])
                     for i in range(len(rs[0]["emulability"]))
                 ],
-                "symmetry_curvature": [
-                    _stats(
-                        [
-                            r["symmetry_directions"][i].get("relative_to_random", math.nan)
-                            for r in rs
-                        ]
-                    )
-                    if any(r["symmetry_directions"][i]["available"] for r in rs)
-                    else None
-                    for i in range(len(rs[0]["symmetry_directions"]))
-                ],
+                "symmetry_curvature": _direction_stats(rs, "relative_to_random"),
+                "symmetry_tangent": _direction_stats(rs, "tangent_norm_relative"),
             }
             for key in _SUMMARY_KEYS:
                 entry[key] = _stats([r[key] for r in rs])
@@ -1106,10 +1109,11 @@ def _table(report: dict[str, Any]) -> str:
         "GN rank",
         "functional dim",
         "effective dim / 2",
+        "Hessian λ_min",
         "gradient bias",
         "held-out NLL",
         "emulability residual",
-        "symmetry-direction curvature / random",
+        "symmetry-direction curvature / random (orbit |t| / |w|)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, e in report["summary"].items():
@@ -1127,12 +1131,15 @@ def _table(report: dict[str, Any]) -> str:
                     _pm(e["gauss_newton_rank"], ".0f"),
                     _pm(e["functional_dimension"], ".0f"),
                     format(e["effective_dimension"]["mean"] / 2, ".2f"),
+                    _pm(e["hessian_min_eigenvalue"], ".3g"),
                     _pm(e["gradient_bias"], ".2f"),
                     _pm(e["heldout_nll"], ".3g"),
                     ", ".join(_pm(s, ".3f") for s in e["emulability"]),
                     ", ".join(
-                        "none (kernels invariant)" if c is None else _pm(c, ".3g")
-                        for c in e["symmetry_curvature"]
+                        "none (kernels invariant)"
+                        if c is None
+                        else f"{_pm(c, '.3g')} (orbit {_pm(t, '.2g')})"
+                        for c, t in zip(e["symmetry_curvature"], e["symmetry_tangent"], strict=True)
                     ),
                 ]
             )
@@ -1164,6 +1171,18 @@ def _reading(report: dict[str, Any]) -> str:
         f"({b_free / max(e_free, 1):.1f}x fewer); its LLC is "
         f"{summ['symmetric/equivariant']['llc']['mean']:.2f} against "
         f"{summ['symmetric/baseline']['llc']['mean']:.2f} on the symmetric data."
+    )
+    healthy = [k for k, e in summ.items() if e["healthy"]]
+    worst = min(e["hessian_min_eigenvalue"]["mean"] for e in summ.values())
+    lines.append(
+        f"Sampler health: {len(healthy)} of {len(summ)} LLC estimates pass the health check"
+        + (
+            f" (failing: {', '.join(k for k in summ if k not in healthy)})"
+            if healthy != list(summ)
+            else ""
+        )
+        + f"; the most negative Hessian eigenvalue at w* is {worst:.3g}, so the localisation is "
+        f"gamma = {report['localization']:.3g}."
     )
     for name in ("baseline", "equivariant"):
         d = s[name]
@@ -1204,6 +1223,8 @@ def _reading(report: dict[str, Any]) -> str:
         )
     sym_c = summ["symmetric/baseline"]["symmetry_curvature"]
     brk_c = summ["broken/baseline"]["symmetry_curvature"]
+    sym_t = summ["symmetric/baseline"]["symmetry_tangent"]
+    brk_t = summ["broken/baseline"]["symmetry_tangent"]
     for i, (a, b) in enumerate(zip(sym_c, brk_c, strict=True)):
         if a is None or b is None:
             continue
@@ -1219,7 +1240,10 @@ def _reading(report: dict[str, Any]) -> str:
         lines.append(
             f"Generator {i} in the unconstrained model's weights (every kernel transformed): "
             f"loss curvature {a['mean']:.3g} x that of a random direction after training on "
-            f"the symmetric data, {b['mean']:.3g} x on the broken data ({verdict})."
+            f"the symmetric data, {b['mean']:.3g} x on the broken data ({verdict}). The "
+            f"orbit direction has |t| / |w| = {sym_t[i]['mean']:.2g} and "
+            f"{brk_t[i]['mean']:.2g}: the closer to 0, the closer the kernels are to invariant "
+            "and the less there is for the symmetry to flatten."
         )
     emu = summ["symmetric/baseline"]["emulability"]
     if emu:
