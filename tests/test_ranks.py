@@ -257,9 +257,19 @@ def test_hessian_extreme_eigenvalues_by_lanczos_match_the_full_hessian():
     nll = gaussian_nll(1.0)
     eigenvalues = torch.linalg.eigvalsh(loss_hessian(model, nll, x, y))
     assert float(eigenvalues[0]) < 0  # an untrained model: indefinite
-    low = hessian_extreme_eigenvalue(model, nll, x, y, chunk=16)
-    high = hessian_extreme_eigenvalue(model, nll, x, y, which="LA")
+    low = hessian_extreme_eigenvalue(model, nll, x, y, chunk=16, tol=1e-12)
+    high = hessian_extreme_eigenvalue(model, nll, x, y, which="LA", tol=1e-12)
     assert low == pytest.approx(float(eigenvalues[0]), rel=1e-6)
     assert high == pytest.approx(float(eigenvalues[-1]), rel=1e-6)
+    # default tolerance: within 1e-2; a truncated run never overshoots the true extreme
+    default = hessian_extreme_eigenvalue(model, nll, x, y)
+    assert default == pytest.approx(float(eigenvalues[0]), rel=1e-2)
+    for budget in (3, 8):
+        short = hessian_extreme_eigenvalue(model, nll, x, y, max_products=budget)
+        assert float(eigenvalues[0]) - 1e-9 <= short <= float(eigenvalues[-1])
+        short_high = hessian_extreme_eigenvalue(model, nll, x, y, which="LA", max_products=budget)
+        assert short_high <= float(eigenvalues[-1]) + 1e-9
+    with pytest.raises(ValueError, match="max_products"):
+        hessian_extreme_eigenvalue(model, nll, x, y, max_products=0)
     with pytest.raises(ValueError, match="which must be"):
         hessian_extreme_eigenvalue(model, nll, x, y, which="BE")
