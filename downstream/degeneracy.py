@@ -577,9 +577,7 @@ def whitened_polish(
 
         opt.step(closure)
         with torch.no_grad():
-            w = w0 + root @ u.detach()
-            for p, part in zip(params, w.split(flat.sizes), strict=True):
-                p.copy_(part.view_as(p))
+            nn.utils.vector_to_parameters(w0 + root @ u.detach(), params)
         note()
     record["time_s"] = time.perf_counter() - start
     return record
@@ -737,8 +735,8 @@ def measure_degeneracy(
     # symmetry directions: curvature along the weight-space image of each generator, against
     # a random direction's (trace / d) and as a quantile of the spectrum
     directions = []
-    w_norm = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
-    w_norm = w_norm.to(torch.float64).norm()
+    trainable = [p.detach() for p in model.parameters() if p.requires_grad]
+    w_norm = nn.utils.parameters_to_vector(trainable).to(torch.float64).norm()
     for i, a in enumerate(generators):
         t = conv_rotation_tangent(model, a)
         if t is None or float(t.norm()) == 0.0:
