@@ -48,7 +48,13 @@ moves along the soft ones. The chains are therefore preconditioned with
 over the training samples), which leaves the posterior unchanged and relaxes every quadratic
 direction at the same rate; the step ``llc.step`` (default 0.05) is then dimensionless. Checked in
 ``tests/test_llc.py`` on an ill-conditioned quadratic basin (eight decades): within 8 % of the
-exact limit, where the plain sampler reaches under 75 %. The same settings are used for every
+exact limit, where the plain sampler reaches under 75 %. ``llc.full_batch_every: k`` (default
+10) measures the excess ``L_n(w_t) - L_n(w*)`` on all ``n`` samples every ``k``-th draw instead
+of on the step's minibatch: at a tight localisation the minibatch term
+``(grad L_B - grad L_n) . (w_t - w*)`` dominates the excess, half the draws fall below ``w*`` and
+the health check fails even at an exact minimum (tested on linear regression at gamma 1e4: 50 %
+below with the minibatch excess, 0 % with the full one, which lands on the quadratic limit with
+a 3x smaller standard error). The same settings are used for every
 model, so the LLC values of one run are comparable with each other; they are not calibrated
 against a known learning coefficient (none is known for these models), and the health checks
 of :func:`estimate_llc` are reported with each value.
@@ -76,7 +82,9 @@ posterior ``exp(-n_beta L_n - gamma |w - w*|^2 / 2)`` is only proper when ``gamm
 ``n_beta`` times the most negative one: with ``gamma = 1`` every chain diverged.
 ``llc.localization: auto`` (default) therefore takes ``gamma = max(1, 2 n_beta |lambda_min|)``
 over all models of the run (``lambda_min`` by Lanczos on Hessian-vector products over all ``n``
-samples, :func:`hessian_extreme_eigenvalue`), one ``gamma`` for all so that their LLCs stay
+samples, :func:`hessian_extreme_eigenvalue`, on a float64 copy of the model unless
+``llc.hessian_dtype: float32``: float32 products overstated it 8x on a heat model), one
+``gamma`` for all so that their LLCs stay
 comparable. Directions with ``n_beta mu < gamma`` then hardly count, so the LLC is the one
 seen at that localisation; half the effective dimension at the same ``gamma`` is its quadratic
 reference.
@@ -89,6 +97,12 @@ curvature ``t^T G t / |t|^2`` along that tangent ``t``, relative to a random dir
 express makes it a flat direction, and breaking the symmetry should stiffen it. The group
 model's kernels are invariant by construction, so it has no such direction: the constraint
 removed it (with every other non-invariant kernel component) from the parameters.
+The control: the same construction with the two shears (:func:`control_generators`: area
+preserving like a rotation, orthogonal to the discovered algebra), on the same weights, with
+the Gauss-Newton and the exact Hessian (float64 Hessian-vector products). The ratio
+``curvature(generator) / mean curvature(shears)`` compares the symmetry's direction with a
+matched non-symmetry on one model and one data set, so unlike ``Delta lambda`` it does not mix
+in the change of the function to learn.
 
 What the symmetry predicts (the background notes)
 -------------------------------------------------
@@ -131,6 +145,7 @@ __all__ = [
     "NLLOutputs",
     "categorical_nll",
     "chart_samples",
+    "control_generators",
     "conv_rotation_tangent",
     "gaussian_nll",
     "measure_degeneracy",
@@ -149,7 +164,17 @@ _OPTIONS: dict[str, set[str]] = {
     "baseline": {"hidden", "kernel_size"},
     "equivariant": {"hidden", "kernel_size", "mode"},
     "training": {"epochs", "lr", "batch_size", "polish_steps", "polish_rounds"},
-    "llc": {"chains", "draws", "burn_in", "batch_size", "step", "noise_std", "localization"},
+    "llc": {
+        "chains",
+        "draws",
+        "burn_in",
+        "batch_size",
+        "step",
+        "noise_std",
+        "localization",
+        "full_batch_every",
+        "hessian_dtype",
+    },
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "samples": {"n": 2000, "n_heldout": 500, "n_rank": 48, "n_emulate": 64},
@@ -170,6 +195,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "step": 0.05,
         "noise_std": "auto",
         "localization": "auto",
+        "full_batch_every": 10,
+        "hessian_dtype": "float64",
     },
 }
 
@@ -257,6 +284,13 @@ def _parse_config(config: dict) -> dict[str, Any]:
         polish = out["training"][key]
         if isinstance(polish, bool) or not isinstance(polish, int) or polish < 0:
             raise ValueError(f"training.{key} must be an int >= 0, got {polish!r}")
+    every = out["llc"]["full_batch_every"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ValueError(f"llc.full_batch_every must be an int >= 0, got {every!r}")
+    if out["llc"]["hessian_dtype"] not in ("float32", "float64"):
+        raise ValueError(
+            f"llc.hessian_dtype must be 'float32' or 'float64', got {out['llc']['hessian_dtype']!r}"
+        )
     if out["llc"]["localization"] != "auto":
         _positive(out["llc"]["localization"], "llc.localization ('auto' or a number)", float)
     noise = out["llc"]["noise_std"]
@@ -627,6 +661,82 @@ def conv_rotation_tangent(model: nn.Module, generator: Tensor) -> Tensor | None:
     return torch.cat(parts) if found else None
 
 
+def _in_dtype(
+    model: nn.Module, x: Tensor, y: Tensor, dtype: str
+) -> tuple[nn.Module, Tensor, Tensor]:
+    """``(model, x, y)`` for second-order measurements: float64 copies when ``dtype`` is
+    ``"float64"`` (integer labels stay as they are), else unchanged. Why: on the heat conv
+    stack (steps 2, anisotropic, polished) Lanczos on float32 Hessian-vector products gave a
+    most negative eigenvalue of -3.6e7, the float64 copy of the same weights -4.7e6: float32
+    rounding in products against a largest eigenvalue of 1.9e13 invents negative curvature,
+    and the localisation built from it would be 8x too tight."""
+    if dtype == "float32":
+        return model, x, y
+    from atlasd.downstream.ranks import float64_copy
+
+    return float64_copy(model), x.double(), y.double() if y.is_floating_point() else y
+
+
+def control_generators(generators: Tensor, tol: float = 1e-6) -> Tensor:
+    """``(m, 2, 2)`` float64 control generators for the symmetry-direction curvature: the two
+    shears ``diag(1, -1)`` and ``[[0, 1], [1, 0]]`` with their components along the span of
+    ``generators`` ``(k, 2, 2)`` removed (Frobenius inner product), unit Frobenius norm; a
+    shear left with norm below ``tol`` is dropped (then ``m < 2``).
+
+    Why shears: transforming every kernel by a shear is the same construction as by the
+    discovered rotation (area-preserving, same kernels, same weights), but isotropic data gives
+    it no reason to be flat. The ratio of the two curvatures on one set of weights therefore
+    compares the symmetry's direction with a matched non-symmetry on the same model and data,
+    which the susceptibility across data versions cannot (there the function to learn changes
+    too)."""
+    gens = torch.as_tensor(generators, dtype=torch.float64)
+    if gens.ndim != 3 or gens.shape[1:] != (2, 2):
+        raise ValueError(f"generators must be (k, 2, 2), got {tuple(gens.shape)}")
+    gens = gens.reshape(-1, 4)
+    if gens.shape[0]:
+        u, sv, _ = torch.linalg.svd(gens.T, full_matrices=False)
+        q = u[:, sv > tol * max(float(sv[0]), 1.0)]
+    else:
+        q = gens.new_zeros(4, 0)
+    shears = torch.tensor([[1.0, 0.0, 0.0, -1.0], [0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    out = []
+    for c in shears:
+        for basis in [*q.T, *out]:
+            c = c - (c @ basis) * basis
+        if float(c.norm()) > tol:
+            out.append(c / c.norm())
+    return torch.stack(out).reshape(-1, 2, 2) if out else torch.zeros(0, 2, 2, dtype=torch.float64)
+
+
+def _direction(
+    model: nn.Module,
+    generator: Tensor,
+    g: Tensor,
+    mean_mu: float,
+    mu: Tensor,
+    w_norm: float,
+    hvp: Callable[[Tensor], Tensor],
+) -> dict[str, Any]:
+    """Curvature of the loss along the kernel-transformation tangent of one ``(2, 2)``
+    generator: Gauss-Newton ``t^T G t / |t|^2`` (against a random direction and as a quantile of
+    ``G``'s spectrum ``mu``) and Hessian ``t^T H t / |t|^2`` (``hvp``: ``v -> H v``)."""
+    t = conv_rotation_tangent(model, generator)
+    if t is None or float(t.norm()) == 0.0:
+        return {"available": False}
+    tt = float(t @ t)
+    q = float(t @ g @ t) / tt
+    return {
+        "available": True,
+        # how far the weights move along the orbit: ~0 when every kernel is already
+        # invariant, and then there is no orbit direction to be flat
+        "tangent_norm_relative": float(t.norm()) / w_norm,
+        "curvature": q,
+        "relative_to_random": q / mean_mu if mean_mu > 0 else math.nan,
+        "spectrum_quantile": float((mu < q).double().mean()),
+        "hessian_curvature": float(t @ hvp(t)) / tt,
+    }
+
+
 def _flat_gradient(model: nn.Module, nll: Callable, x: Tensor, y: Tensor) -> tuple[float, Tensor]:
     """``(L_n(w*), grad L_n(w*))`` over the data, float64 gradient in parameter order."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -674,7 +784,9 @@ def measure_degeneracy(
         data: ``(x, y)`` the ``n`` training samples (the LLC's data).
         heldout: ``(x, y)`` held-out samples (held-out NLL, emulability).
         generators: ``(k, 2, 2)`` chart generators (emulability and symmetry directions).
-        llc: ``chains, draws, burn_in, batch_size, step, localization``.
+        llc: ``chains, draws, burn_in, batch_size, step, localization, full_batch_every``
+            and optionally ``hessian_dtype`` (of the Hessian curvature along directions;
+            default ``"float64"``).
         n_rank: samples for the functional dimension, the Gauss-Newton matrix ``G`` and its
             rank (the first ``n_rank`` training samples: ``G`` approximates the Hessian of
             ``L_n``).
@@ -687,14 +799,17 @@ def measure_degeneracy(
         whitened Jacobian ``J~`` at :func:`jacobian_spectrum`'s tolerance; ``top``, ``trace``,
         ``eigenvalues`` descending),
         ``effective_dimension``, ``rank_bounds``, ``llc`` (``mean``, ``std``, ``stderr``,
-        ``per_chain``, ``healthy``, ``problems``, settings, ``time_s``), ``emulability`` and
-        ``symmetry_directions`` (one entry per generator).
+        ``per_chain``, ``healthy``, ``problems``, settings, ``time_s``), ``emulability``,
+        ``symmetry_directions`` (one entry per generator: Gauss-Newton and Hessian curvature,
+        their ratios to a random direction and to the shear controls) and
+        ``control_directions`` (one entry per :func:`control_generators` shear).
     """
     from atlasd.downstream.emulate import emulation
     from atlasd.downstream.llc import LLCHealthError, default_llc_settings, estimate_llc
     from atlasd.downstream.ranks import (
         effective_dimension,
         gauss_newton_probe,
+        hessian_vector_product,
         jacobian_spectrum,
         llc_rank_bounds,
     )
@@ -733,30 +848,35 @@ def measure_degeneracy(
     out["ranks_time_s"] = time.perf_counter() - start
 
     # symmetry directions: curvature along the weight-space image of each generator, against
-    # a random direction's (trace / d) and as a quantile of the spectrum
-    directions = []
+    # a random direction's (trace / d), as a quantile of the spectrum, and against the same
+    # construction with shears (control_generators) on the same weights
     trainable = [p.detach() for p in model.parameters() if p.requires_grad]
-    w_norm = nn.utils.parameters_to_vector(trainable).to(torch.float64).norm()
+    w_norm = float(nn.utils.parameters_to_vector(trainable).to(torch.float64).norm())
+    mean_mu = float(mu.sum()) / d
+
+    curv_model, xc, yc = _in_dtype(model, x, y, llc.get("hessian_dtype", "float64"))
+
+    def hvp(v: Tensor) -> Tensor:
+        return hessian_vector_product(curv_model, nll, xc, yc, v)
+
+    def along(a: Tensor) -> dict[str, Any]:
+        return _direction(model, a, g, mean_mu, mu, w_norm, hvp)
+
+    controls = [{"generator": c.tolist(), **along(c)} for c in control_generators(generators)]
+    usable = [c for c in controls if c["available"]]
+    directions = []
     for i, a in enumerate(generators):
-        t = conv_rotation_tangent(model, a)
-        if t is None or float(t.norm()) == 0.0:
-            directions.append({"generator": i, "available": False})
-            continue
-        q = float(t @ g @ t) / float(t @ t)
-        mean_mu = float(mu.sum()) / d
-        directions.append(
-            {
-                "generator": i,
-                "available": True,
-                # how far the weights move along the orbit: ~0 when every kernel is already
-                # invariant, and then there is no orbit direction to be flat
-                "tangent_norm_relative": float(t.norm()) / float(w_norm),
-                "curvature": q,
-                "relative_to_random": q / mean_mu if mean_mu > 0 else math.nan,
-                "spectrum_quantile": float((mu < q).double().mean()),
-            }
-        )
+        entry = {"generator": i, **along(a)}
+        if entry["available"] and usable:
+            entry["relative_to_control"] = entry["curvature"] / statistics.fmean(
+                c["curvature"] for c in usable
+            )
+            entry["hessian_relative_to_control"] = entry["hessian_curvature"] / statistics.fmean(
+                c["hessian_curvature"] for c in usable
+            )
+        directions.append(entry)
     out["symmetry_directions"] = directions
+    out["control_directions"] = controls
 
     n_beta = float(default_llc_settings(n)["n_beta"])
     gamma = float(llc["localization"])
@@ -772,6 +892,7 @@ def measure_degeneracy(
         "chains": int(llc["chains"]),
         "draws": int(llc["draws"]),
         "burn_in": int(llc["burn_in"]),
+        "full_batch_every": int(llc["full_batch_every"]),
     }
     try:
         est = estimate_llc(
@@ -789,6 +910,7 @@ def measure_degeneracy(
             check="off",
             preconditioner=(pre + pre.T) / 2,
             gradient_correction=True,
+            full_batch_every=int(llc["full_batch_every"]),
         )
     except LLCHealthError as exc:
         # every chain diverged: recorded as a failed measurement, not hidden
@@ -852,8 +974,8 @@ def run_degeneracy(
             {options that break the symmetry}, "samples": {n, n_heldout, n_rank, n_emulate},
             "models": {"baseline": {hidden, kernel_size}, "equivariant": {hidden, kernel_size,
             mode}}, "training": {epochs, lr, batch_size, polish_steps, polish_rounds}, "llc":
-            {chains, draws, burn_in, batch_size, step, noise_std, localization}, "seeds":
-            [...]}``.
+            {chains, draws, burn_in, batch_size, step, noise_std, localization,
+            full_batch_every, hessian_dtype}, "seeds": [...]}``.
         group: the discovered group (2x2 chart transformations).
         run_dir: folder for Lightning's files (created).
         log: optional progress printer (one line per measured model).
@@ -948,7 +1070,8 @@ def run_degeneracy(
     n_beta = float(default_llc_settings(samples["n"])["n_beta"])
     for t in trained:
         (x, y), _ = t["split"]
-        t["hessian_min_eigenvalue"] = hessian_extreme_eigenvalue(t["module"], nll, x, y)
+        m, xc, yc = _in_dtype(t["module"], x, y, cfg["llc"]["hessian_dtype"])
+        t["hessian_min_eigenvalue"] = hessian_extreme_eigenvalue(m, nll, xc, yc)
     if llc_opts["localization"] == "auto":
         # the localised posterior is proper only if gamma outweighs n_beta times the most
         # negative Hessian eigenvalue; one gamma for every model keeps their LLCs comparable
@@ -1042,6 +1165,8 @@ def _summarise(
                 ],
                 "symmetry_curvature": _direction_stats(rs, "relative_to_random"),
                 "symmetry_tangent": _direction_stats(rs, "tangent_norm_relative"),
+                "symmetry_vs_control": _direction_stats(rs, "relative_to_control"),
+                "symmetry_vs_control_hessian": _direction_stats(rs, "hessian_relative_to_control"),
             }
             for key in _SUMMARY_KEYS:
                 entry[key] = _stats([r[key] for r in rs])
@@ -1112,6 +1237,7 @@ def _table(report: dict[str, Any]) -> str:
         "held-out NLL",
         "emulability residual",
         "symmetry-direction curvature / random (orbit |t| / |w|)",
+        "symmetry / shear curvature (G; H)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, e in report["summary"].items():
@@ -1138,6 +1264,12 @@ def _table(report: dict[str, Any]) -> str:
                         if c is None
                         else f"{_pm(c, '.3g')} (orbit {_pm(t, '.2g')})"
                         for c, t in zip(e["symmetry_curvature"], e["symmetry_tangent"], strict=True)
+                    ),
+                    ", ".join(
+                        "-" if c is None or h is None else f"{_pm(c, '.3g')}; {_pm(h, '.3g')}"
+                        for c, h in zip(
+                            e["symmetry_vs_control"], e["symmetry_vs_control_hessian"], strict=True
+                        )
                     ),
                 ]
             )
@@ -1243,6 +1375,7 @@ def _reading(report: dict[str, Any]) -> str:
             f"{brk_t[i]['mean']:.2g}: the closer to 0, the closer the kernels are to invariant "
             "and the less there is for the symmetry to flatten."
         )
+    lines += _control_reading(summ)
     emu = summ["symmetric/baseline"]["emulability"]
     if emu:
         lines.append(
@@ -1252,6 +1385,45 @@ def _reading(report: dict[str, Any]) -> str:
             + " (0 = a weight change reproduces the input perturbation, 1 = none helps)."
         )
     return "\n".join(lines)
+
+
+def _control_reading(summ: dict[str, Any]) -> list[str]:
+    """Reading of the symmetry-against-shear curvature ratios of the unconstrained model."""
+    lines = []
+    for which, label in (
+        ("symmetry_vs_control", "Gauss-Newton"),
+        ("symmetry_vs_control_hessian", "Hessian"),
+    ):
+        sym, brk = summ["symmetric/baseline"][which], summ["broken/baseline"][which]
+        for i, (a, b) in enumerate(zip(sym, brk, strict=True)):
+            if (
+                a is None
+                or b is None
+                or not (math.isfinite(a["mean"]) and math.isfinite(b["mean"]))
+            ):
+                continue
+            spread = max((v for v in (a["sd"], b["sd"]) if math.isfinite(v)), default=math.nan)
+            n_seeds = len(a["values"])
+            if not math.isfinite(spread):
+                verdict = "one seed, no uncertainty"
+            elif abs(a["mean"] - b["mean"]) <= 2 * spread:
+                verdict = f"{n_seeds} seeds: the change is within 2 sd, not resolved"
+            elif a["mean"] < b["mean"]:
+                verdict = f"{n_seeds} seeds: relatively flatter with the symmetry, as predicted"
+            else:
+                verdict = f"{n_seeds} seeds: not relatively flatter with the symmetry"
+            special = (
+                "the symmetry's direction is flatter than the matched shears"
+                if a["mean"] < 1
+                else "the symmetry's direction is not flatter than the matched shears"
+            )
+            lines.append(
+                f"Generator {i} against shears on the same weights ({label}): curvature ratio "
+                f"{_pm(a, '.3g')} on the symmetric data ({special}), {_pm(b, '.3g')} on the "
+                f"broken data ({verdict}). Same model, same data, same construction: this "
+                "ratio holds the task's difficulty fixed, which the LLC susceptibility does not."
+            )
+    return lines
 
 
 def _plot(report: dict[str, Any], path: Path) -> Path:

@@ -211,6 +211,7 @@ def estimate_llc(
     explode_factor: float = 10.0,
     preconditioner: Tensor | None = None,
     gradient_correction: bool = False,
+    full_batch_every: int = 0,
 ) -> LLCEstimate:
     """Estimate the local learning coefficient of ``model`` at its current parameters ``w*``.
 
@@ -251,6 +252,16 @@ def estimate_llc(
             quadratic loss the corrected estimate is exactly the one at the minimum; for
             singular directions it is a documented approximation, not the LLC of a minimum.
 
+        full_batch_every: 0 (default): each draw's excess is ``L_B(w_t) - L_B(w*)`` on the
+            step's minibatch, the usual estimator. ``k > 0``: every ``k``-th draw after burn-in
+            the excess is measured on ALL ``n`` samples, ``L_n(w_t) - L_n(w*)``, and only those
+            enter the estimate and the below-``w*`` health check. Same expectation, without the
+            minibatch term ``(grad L_B - grad L_n) . (w_t - w*)``, whose spread dominates the
+            excess when the per-sample gradients at ``w*`` are large against the curvature
+            (misspecified models, tight localisation); the below fraction then reflects the
+            loss surface, not the minibatch. Costs about ``n / (k * batch_size)`` extra
+            forward passes per chain and draw.
+
     Returns:
         :class:`LLCEstimate` (``.mean .std .per_chain .trace`` and diagnostics).
 
@@ -278,6 +289,7 @@ def estimate_llc(
         raise ValueError(f"check must be 'warn', 'raise' or 'off', got {check!r}")
     if not 0.0 <= below_tolerance <= 1.0:
         raise ValueError(f"below_tolerance must lie in [0, 1], got {below_tolerance}")
+    full_batch_every = _nonnegative_int(full_batch_every, "full_batch_every")
     explode_factor = _positive_float(explode_factor, "explode_factor")
     loss_fn = mse_nll if loss is None else loss
     if not callable(loss_fn):
@@ -323,7 +335,8 @@ def estimate_llc(
         raise ValueError(f"the loss at w* is not finite ({init_loss}); check the model and data")
 
     start_wall, start_cpu = time.perf_counter(), time.process_time()
-    trace, excess = _sgld(
+    full_at = range(burn_in, burn_in + draws, full_batch_every) if full_batch_every else range(0)
+    trace, excess, full = _sgld(
         chain_loss,
         w_star,
         x,
@@ -336,11 +349,13 @@ def estimate_llc(
         batch_size=batch_size,
         seed=seed,
         root=root,
+        full_at=set(full_at),
     )
     wall_s, cpu_s = time.perf_counter() - start_wall, time.process_time() - start_cpu
 
     excess = excess * n_beta
-    drawn = excess[:, burn_in:]
+    # full-data draws: the excess over L_n(w*) itself, no minibatch term
+    drawn = full * n_beta if full_batch_every else excess[:, burn_in:]
     finite = torch.isfinite(trace).all(dim=1)
     per_chain = drawn.mean(dim=1)
     per_chain = torch.where(finite, per_chain, torch.full_like(per_chain, math.nan))
@@ -370,6 +385,7 @@ def estimate_llc(
         "n_parameters": flat_model.n_parameters,
         "preconditioned": root is not None,
         "gradient_correction": bool(gradient_correction),
+        "full_batch_every": full_batch_every,
     }
     estimate = LLCEstimate(
         mean=mean,
@@ -378,7 +394,12 @@ def estimate_llc(
         trace=trace,
         excess_trace=excess,
         init_loss=init_loss,
-        diagnostics={"finite": finite, "below_fraction": below, "max_loss_ratio": max_ratio},
+        diagnostics={
+            "finite": finite,
+            "below_fraction": below,
+            "max_loss_ratio": max_ratio,
+            "full_batch_excess": drawn if full_batch_every else None,
+        },
         problems=tuple(problems),
         settings=settings,
         wall_s=wall_s,
@@ -443,12 +464,16 @@ def _sgld(
     batch_size: int,
     seed: int,
     root: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+    full_at: set[int] | None = None,
+    chunk: int = 512,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Run ``chains`` localised SGLD chains from ``w*`` for ``steps`` steps, all at once
     (preconditioned by ``P = root root^T`` when ``root`` is given).
 
-    Returns ``(trace, excess)``, both ``(chains, steps)`` float64: the minibatch loss at each
-    step's starting point and its excess over the loss at ``w*`` on the same minibatch.
+    Returns ``(trace, excess, full)``: ``(chains, steps)`` float64, the minibatch loss at each
+    step's starting point and its excess over the loss at ``w*`` on the same minibatch; and
+    ``(chains, len(full_at))`` float64, the excess ``L_n(w_t) - L_n(w*)`` over all samples
+    (chunks of ``chunk``) at the starting point of each step in ``full_at``, in step order.
     """
     gen = torch.Generator(device=w_star.device).manual_seed(seed)
     n = x.shape[0]
@@ -459,11 +484,28 @@ def _sgld(
         return chain_loss(theta, xb, yb), chain_loss(w_star, xb, yb).detach()
 
     step_fn = vmap(grad_and_value(loss_and_reference, has_aux=True))
+    all_chains = vmap(chain_loss, in_dims=(0, None, None))
+
+    @torch.no_grad()
+    def full_loss(thetas: Tensor) -> Tensor:
+        total = sum(
+            all_chains(thetas, x[s : s + chunk], y[s : s + chunk]).double()
+            * x[s : s + chunk].shape[0]
+            for s in range(0, n, chunk)
+        )
+        return total.cpu() / n
+
+    full_values: list[Tensor] = []
+    # L_n(w*) the same way (same chunks, same arithmetic), so the excess has no summation-order
+    # offset
+    reference = full_loss(w_star[None]) if full_at else None
     theta = w_star.expand(chains, -1).clone()
     noise_scale = math.sqrt(eps)
     # per step: (loss, loss at w*) for every chain, kept in the parameters' dtype until the end
     record = torch.empty(steps, 2, chains, dtype=w_star.dtype, device=w_star.device)
     for t in range(steps):
+        if full_at and t in full_at:
+            full_values.append(full_loss(theta) - reference)
         idx = torch.randint(0, n, (chains, batch_size), generator=gen, device=x.device)
         grads, (values, ref) = step_fn(theta, x[idx], y[idx])
         torch.stack((values, ref), out=record[t])
@@ -478,7 +520,12 @@ def _sgld(
         theta.add_(noise, alpha=noise_scale)
     record = record.double().cpu()
     trace = record[:, 0].T.contiguous()
-    return trace, (record[:, 0] - record[:, 1]).T.contiguous()
+    full = (
+        torch.stack(full_values, dim=1)
+        if full_values
+        else torch.zeros(chains, 0, dtype=torch.float64)
+    )
+    return trace, (record[:, 0] - record[:, 1]).T.contiguous(), full
 
 
 def _preconditioner_root(p: Any, d: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:

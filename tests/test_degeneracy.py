@@ -8,18 +8,22 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from known_groups import so2
 from torch import nn
 
 from atlasd.downstream.degeneracy import (
     NLLOutputs,
+    _direction,
     categorical_nll,
+    control_generators,
     conv_rotation_tangent,
     gaussian_nll,
     run_degeneracy,
     write_degeneracy_report,
 )
-from atlasd.downstream.ranks import gauss_newton_matrix, loss_hessian
+from atlasd.downstream.ranks import gauss_newton_matrix, hessian_vector_product, loss_hessian
 from atlasd.group import DiscoveredGroup
 
 
@@ -127,6 +131,24 @@ def test_report_counts_and_ranks(heat_report):
         assert direction["available"] == (run["model"] == "baseline")
         if direction["available"]:
             assert direction["curvature"] >= 0 and 0 <= direction["spectrum_quantile"] <= 1
+            # the same construction with the two shears on the same weights is the control
+            controls = run["control_directions"]
+            assert len(controls) == 2 and all(c["available"] for c in controls)
+            mean_g = sum(c["curvature"] for c in controls) / 2
+            mean_h = sum(c["hessian_curvature"] for c in controls) / 2
+            assert direction["relative_to_control"] == pytest.approx(
+                direction["curvature"] / mean_g, rel=1e-12
+            )
+            assert direction["hessian_relative_to_control"] == pytest.approx(
+                direction["hessian_curvature"] / mean_h, rel=1e-12
+            )
+        else:
+            assert "relative_to_control" not in direction
+    for key in ("symmetric/baseline", "broken/baseline"):
+        ratio = summary[key]["symmetry_vs_control"][0]
+        assert math.isfinite(ratio["mean"]) and ratio["mean"] > 0
+    assert summary["symmetric/equivariant"]["symmetry_vs_control"] == [None]
+    assert "against shears on the same weights (Gauss-Newton)" in report["reading"]
     assert report["noise_std"] > 0
     s = report["susceptibility"]["baseline"]
     assert s["predicted_drop"] == [0.25, 0.5]
@@ -308,3 +330,107 @@ def test_whitened_polish_beats_plain_lbfgs_on_an_ill_conditioned_loss(seed):
     opt.step(closure)
     plain_nll = _flat_gradient(plain, nll, x, y)[0]
     assert record["nll"][-1] < 0.5 * plain_nll, (record["nll"], plain_nll)
+
+
+def test_control_generators_for_so2_are_the_two_shears():
+    c = control_generators(so2())
+    expected = torch.tensor([[[1.0, 0.0], [0.0, -1.0]], [[0.0, 1.0], [1.0, 0.0]]]) / math.sqrt(2)
+    assert torch.allclose(c, expected.double(), atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(0, 3), seed=st.integers(0, 2**16))
+def test_control_generators_are_orthonormal_and_orthogonal_to_the_group(k, seed):
+    """Whatever the discovered algebra, the controls are unit shears-minus-projection,
+    orthogonal to each other and to every generator (Frobenius), and as many as the span of
+    the generators leaves room for (a full gl(2) leaves none)."""
+    gens = torch.randn(k, 2, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    c = control_generators(gens).reshape(-1, 4)
+    flat = gens.reshape(k, 4)
+    assert torch.allclose(c @ c.T, torch.eye(c.shape[0], dtype=torch.float64), atol=1e-10)
+    if k and c.shape[0]:
+        assert float((c @ flat.T).abs().max()) < 1e-10
+    # the shears' span minus what the generators cover: 2 for k = 0, at most 4 - k in general
+    shears = torch.tensor([[1.0, 0, 0, -1], [0, 1, 1, 0]], dtype=torch.float64)
+    q = torch.linalg.qr(flat.T).Q if k else torch.zeros(4, 0, dtype=torch.float64)
+    left = shears - (shears @ q) @ q.T
+    assert c.shape[0] == int(torch.linalg.matrix_rank(left, atol=1e-6))
+
+
+def test_control_generators_drop_a_shear_the_group_contains():
+    shear = torch.tensor([[[1.0, 0.0], [0.0, -1.0]]], dtype=torch.float64)
+    c = control_generators(shear)
+    assert c.shape == (1, 2, 2)
+    assert torch.allclose(c[0], torch.tensor([[0.0, 1.0], [1.0, 0.0]]).double() / math.sqrt(2))
+    with pytest.raises(ValueError, match=r"generators must be \(k, 2, 2\)"):
+        control_generators(torch.zeros(3, 3))
+
+
+def test_direction_curvatures_are_the_exact_quadratic_forms():
+    """Along a kernel-transformation tangent t: G-curvature t^T G t / |t|^2 with the given G,
+    Hessian curvature t^T H t / |t|^2 from Hessian-vector products, equal to the full
+    Hessian's quadratic form; the ratio to a random direction uses trace / d."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.SiLU(), nn.Conv2d(2, 1, 3)).double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 1, 7, 7, generator=gen, dtype=torch.float64)
+    y = torch.randn(30, 1, 3, 3, generator=gen, dtype=torch.float64)
+    nll = gaussian_nll(0.4)
+    h = loss_hessian(model, nll, x, y)
+    g = gauss_newton_matrix(NLLOutputs(model, "regression", 0.4), x)
+    mu = torch.linalg.eigvalsh(g).flip(0)
+    w_norm = float(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm())
+    d = _direction(
+        model,
+        so2()[0],
+        g,
+        float(mu.sum()) / g.shape[0],
+        mu,
+        w_norm,
+        lambda v: hessian_vector_product(model, nll, x, y, v),
+    )
+    t = conv_rotation_tangent(model, so2()[0])
+    tt = float(t @ t)
+    assert d["curvature"] == pytest.approx(float(t @ g @ t) / tt, rel=1e-10)
+    assert d["hessian_curvature"] == pytest.approx(float(t @ h @ t) / tt, rel=1e-8)
+    assert d["relative_to_random"] == pytest.approx(d["curvature"] * g.shape[0] / float(mu.sum()))
+    assert d["tangent_norm_relative"] == pytest.approx(math.sqrt(tt) / w_norm)
+    assert 0 <= d["spectrum_quantile"] <= 1
+
+
+def _ratio_summary(sym: list[float], brk: list[float]) -> dict:
+    from atlasd.downstream.degeneracy import _stats
+
+    def entry(values):
+        return {"symmetry_vs_control": [_stats(values)], "symmetry_vs_control_hessian": [None]}
+
+    return {"symmetric/baseline": entry(sym), "broken/baseline": entry(brk)}
+
+
+@pytest.mark.parametrize(
+    ("sym", "brk", "verdict", "special"),
+    [
+        ([0.3], [0.9], "one seed, no uncertainty", "is flatter than the matched shears"),
+        (
+            [0.30, 0.32],
+            [0.90, 0.94],
+            "2 seeds: relatively flatter with the symmetry, as predicted",
+            "is flatter",
+        ),
+        (
+            [0.30, 0.60],
+            [0.50, 0.70],
+            "2 seeds: the change is within 2 sd, not resolved",
+            "is flatter",
+        ),
+        ([1.50, 1.52], [0.90, 0.94], "2 seeds: not relatively flatter", "is not flatter"),
+    ],
+)
+def test_control_reading_states_what_the_ratios_show(sym, brk, verdict, special):
+    """The reading's sentence follows the numbers: resolved only beyond 2 sd over seeds, with
+    the direction of the change, and whether the symmetry's direction beats the shears."""
+    from atlasd.downstream.degeneracy import _control_reading
+
+    (line,) = _control_reading(_ratio_summary(sym, brk))
+    assert verdict in line and special in line
+    assert line.startswith("Generator 0 against shears on the same weights (Gauss-Newton)")

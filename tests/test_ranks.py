@@ -273,3 +273,34 @@ def test_hessian_extreme_eigenvalues_by_lanczos_match_the_full_hessian():
         hessian_extreme_eigenvalue(model, nll, x, y, max_products=0)
     with pytest.raises(ValueError, match="which must be"):
         hessian_extreme_eigenvalue(model, nll, x, y, which="BE")
+
+
+@settings(max_examples=15, deadline=None)
+@given(chunk=st.integers(1, 70), seed=st.integers(0, 2**16))
+def test_hessian_vector_product_is_the_full_hessian_times_v_for_any_chunking(chunk, seed):
+    """Chunked over samples or not, H v equals the exact Hessian (residual term included)
+    applied to v."""
+    from atlasd.downstream.degeneracy import gaussian_nll
+    from atlasd.downstream.ranks import hessian_vector_product, loss_hessian
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Conv2d(2, 1, 1)).double()
+    x = torch.randn(20, 1, 5, 5, generator=gen, dtype=torch.float64)
+    y = torch.randn(20, 1, 5, 5, generator=gen, dtype=torch.float64)
+    nll = gaussian_nll(0.5)
+    h = loss_hessian(model, nll, x, y)
+    v = torch.randn(h.shape[0], generator=gen, dtype=torch.float64)
+    hv = hessian_vector_product(model, nll, x, y, v, chunk=chunk)
+    assert torch.allclose(hv, h @ v, rtol=1e-9, atol=1e-9 * float((h @ v).abs().max()))
+
+
+def test_hessian_vector_product_names_a_wrong_vector_shape():
+    from atlasd.downstream.degeneracy import gaussian_nll
+    from atlasd.downstream.ranks import hessian_vector_product
+
+    model = nn.Conv2d(1, 1, 3).double()
+    x = torch.zeros(4, 1, 5, 5, dtype=torch.float64)
+    y = torch.zeros(4, 1, 3, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"v must have shape \(10,\)"):
+        hessian_vector_product(model, gaussian_nll(1.0), x, y, torch.zeros(9))
