@@ -148,7 +148,12 @@ def test_report_counts_and_ranks(heat_report):
         ratio = summary[key]["symmetry_vs_control"][0]
         assert math.isfinite(ratio["mean"]) and ratio["mean"] > 0
     assert summary["symmetric/equivariant"]["symmetry_vs_control"] == [None]
-    assert "against shears on the same weights (Gauss-Newton)" in report["reading"]
+    assert (
+        "against shears on the same weights (Gauss-Newton, mean of the shears)" in report["reading"]
+    )
+    assert "(Gauss-Newton, flattest shear)" in report["reading"]
+    flattest = summary["symmetric/baseline"]["symmetry_vs_flattest_control"][0]
+    assert flattest["mean"] >= summary["symmetric/baseline"]["symmetry_vs_control"][0]["mean"]
     assert report["noise_std"] > 0
     s = report["susceptibility"]["baseline"]
     assert s["predicted_drop"] == [0.25, 0.5]
@@ -402,7 +407,11 @@ def _ratio_summary(sym: list[float], brk: list[float]) -> dict:
     from atlasd.downstream.degeneracy import _stats
 
     def entry(values):
-        return {"symmetry_vs_control": [_stats(values)], "symmetry_vs_control_hessian": [None]}
+        return {
+            "symmetry_vs_control": [_stats(values)],
+            "symmetry_vs_control_hessian": [None],
+            "symmetry_vs_flattest_control": [None],
+        }
 
     return {"symmetric/baseline": entry(sym), "broken/baseline": entry(brk)}
 
@@ -410,7 +419,7 @@ def _ratio_summary(sym: list[float], brk: list[float]) -> dict:
 @pytest.mark.parametrize(
     ("sym", "brk", "verdict", "special"),
     [
-        ([0.3], [0.9], "one seed, no uncertainty", "is flatter than the matched shears"),
+        ([0.3], [0.9], "one seed, no uncertainty", "is flatter than the shears"),
         (
             [0.30, 0.32],
             [0.90, 0.94],
@@ -433,4 +442,24 @@ def test_control_reading_states_what_the_ratios_show(sym, brk, verdict, special)
 
     (line,) = _control_reading(_ratio_summary(sym, brk))
     assert verdict in line and special in line
-    assert line.startswith("Generator 0 against shears on the same weights (Gauss-Newton)")
+    assert line.startswith(
+        "Generator 0 against shears on the same weights (Gauss-Newton, mean of the shears)"
+    )
+
+
+def test_flattest_control_ratio_uses_the_least_curved_shear_per_run():
+    """One shear far stiffer than the other dominates the mean; the conservative ratio divides
+    by the smaller one, per run, and skips runs without the direction."""
+    from atlasd.downstream.degeneracy import _flattest_control_stats
+
+    def run(sym, controls, available=True):
+        return {
+            "symmetry_directions": [{"available": available, "curvature": sym}],
+            "control_directions": [{"available": True, "curvature": c} for c in controls],
+        }
+
+    stats = _flattest_control_stats(
+        [run(216.0, [2e5, 211.0]), run(377.0, [2.1e5, 976.0])], "curvature"
+    )
+    assert stats[0]["values"] == pytest.approx([216.0 / 211.0, 377.0 / 976.0])
+    assert _flattest_control_stats([run(1.0, [2.0], available=False)], "curvature") == [None]
