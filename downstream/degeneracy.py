@@ -99,7 +99,8 @@ model's kernels are invariant by construction, so it has no such direction: the 
 removed it (with every other non-invariant kernel component) from the parameters.
 The control: the same construction with the two shears (:func:`control_generators`: area
 preserving like a rotation, orthogonal to the discovered algebra), on the same weights, with
-the Gauss-Newton and the exact Hessian (float64 Hessian-vector products). The ratio
+the Gauss-Newton and the exact Hessian (Hessian-vector products in ``llc.hessian_dtype``). The
+ratio
 ``curvature(generator) / mean curvature(shears)`` compares the symmetry's direction with a
 matched non-symmetry on one model and one data set, so unlike ``Delta lambda`` it does not mix
 in the change of the function to learn.
@@ -669,7 +670,7 @@ def _in_dtype(
     stack (steps 2, anisotropic, polished) Lanczos on float32 Hessian-vector products gave a
     most negative eigenvalue of -3.6e7, the float64 copy of the same weights -4.7e6: float32
     rounding in products against a largest eigenvalue of 1.9e13 invents negative curvature,
-    and the localisation built from it would be 8x too tight."""
+    and the localisation gamma built from it would be 8x too large."""
     if dtype == "float32":
         return model, x, y
     from atlasd.downstream.ranks import float64_copy
