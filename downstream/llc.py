@@ -329,8 +329,7 @@ def estimate_llc(
         def chain_loss(theta: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
             return plain_loss(theta, xb, yb) - slope @ (theta - w_star)
 
-    with torch.no_grad():
-        init_loss = _full_loss(chain_loss, w_star, x, y)
+    init_loss = float(_full_losses(chain_loss, w_star[None], x, y)[0])
     if not math.isfinite(init_loss):
         raise ValueError(f"the loss at w* is not finite ({init_loss}); check the model and data")
 
@@ -349,13 +348,14 @@ def estimate_llc(
         batch_size=batch_size,
         seed=seed,
         root=root,
-        full_at=set(full_at),
+        full_at=full_at,
     )
     wall_s, cpu_s = time.perf_counter() - start_wall, time.process_time() - start_cpu
 
     excess = excess * n_beta
-    # full-data draws: the excess over L_n(w*) itself, no minibatch term
-    drawn = full * n_beta if full_batch_every else excess[:, burn_in:]
+    # full-data draws: the excess over L_n(w*) itself (same chunks and arithmetic as
+    # init_loss), no minibatch term
+    drawn = (full - init_loss) * n_beta if full_batch_every else excess[:, burn_in:]
     finite = torch.isfinite(trace).all(dim=1)
     per_chain = drawn.mean(dim=1)
     per_chain = torch.where(finite, per_chain, torch.full_like(per_chain, math.nan))
@@ -416,20 +416,23 @@ def estimate_llc(
 # ----------------------------------------------------------------------------------- internals
 
 
-def _full_loss(
+@torch.no_grad()
+def _full_losses(
     chain_loss: Callable[[Tensor, Tensor, Tensor], Tensor],
-    w: Tensor,
+    thetas: Tensor,
     x: Tensor,
     y: Tensor,
-    chunk: int = 4096,
-) -> float:
-    """``L_n(w)`` over all data in chunks (weighted by chunk size)."""
+    chunk: int = 512,
+) -> Tensor:
+    """``(c,)`` float64 ``L_n`` over all data at each row of ``thetas`` ``(c, d)``: one call
+    vmapped over the rows per chunk of ``chunk`` samples (weighted by chunk size)."""
+    per_row = vmap(chain_loss, in_dims=(0, None, None))
     n = x.shape[0]
-    total = 0.0
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        total += float(chain_loss(w, x[start:stop], y[start:stop])) * (stop - start)
-    return total / n
+    total = sum(
+        per_row(thetas, x[s : s + chunk], y[s : s + chunk]).double() * x[s : s + chunk].shape[0]
+        for s in range(0, n, chunk)
+    )
+    return total.cpu() / n
 
 
 def _full_gradient(
@@ -464,16 +467,15 @@ def _sgld(
     batch_size: int,
     seed: int,
     root: Tensor | None = None,
-    full_at: set[int] | None = None,
-    chunk: int = 512,
+    full_at: range = range(0),
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run ``chains`` localised SGLD chains from ``w*`` for ``steps`` steps, all at once
     (preconditioned by ``P = root root^T`` when ``root`` is given).
 
     Returns ``(trace, excess, full)``: ``(chains, steps)`` float64, the minibatch loss at each
     step's starting point and its excess over the loss at ``w*`` on the same minibatch; and
-    ``(chains, len(full_at))`` float64, the excess ``L_n(w_t) - L_n(w*)`` over all samples
-    (chunks of ``chunk``) at the starting point of each step in ``full_at``, in step order.
+    ``(chains, len(full_at))`` float64, ``L_n(w_t)`` over all samples (:func:`_full_losses`)
+    at the starting point of each step in ``full_at``, in step order.
     """
     gen = torch.Generator(device=w_star.device).manual_seed(seed)
     n = x.shape[0]
@@ -484,28 +486,14 @@ def _sgld(
         return chain_loss(theta, xb, yb), chain_loss(w_star, xb, yb).detach()
 
     step_fn = vmap(grad_and_value(loss_and_reference, has_aux=True))
-    all_chains = vmap(chain_loss, in_dims=(0, None, None))
-
-    @torch.no_grad()
-    def full_loss(thetas: Tensor) -> Tensor:
-        total = sum(
-            all_chains(thetas, x[s : s + chunk], y[s : s + chunk]).double()
-            * x[s : s + chunk].shape[0]
-            for s in range(0, n, chunk)
-        )
-        return total.cpu() / n
-
     full_values: list[Tensor] = []
-    # L_n(w*) the same way (same chunks, same arithmetic), so the excess has no summation-order
-    # offset
-    reference = full_loss(w_star[None]) if full_at else None
     theta = w_star.expand(chains, -1).clone()
     noise_scale = math.sqrt(eps)
     # per step: (loss, loss at w*) for every chain, kept in the parameters' dtype until the end
     record = torch.empty(steps, 2, chains, dtype=w_star.dtype, device=w_star.device)
     for t in range(steps):
-        if full_at and t in full_at:
-            full_values.append(full_loss(theta) - reference)
+        if t in full_at:
+            full_values.append(_full_losses(chain_loss, theta, x, y))
         idx = torch.randint(0, n, (chains, batch_size), generator=gen, device=x.device)
         grads, (values, ref) = step_fn(theta, x[idx], y[idx])
         torch.stack((values, ref), out=record[t])
