@@ -102,7 +102,7 @@ def build_parser() -> ArgumentParser:
     down.add_argument("--task", type=str, default="sphere_digits", help="dataset name")
     down.add_argument("--data", type=dict, default={}, help="keyword arguments of the DataModule")
     down.add_argument("--training", type=dict, default={}, help="epochs, lr, batch_size, ...")
-    down.add_argument("--models", type=dict, default={}, help="sizes of the two models")
+    _add_model_arguments(down)
     down.add_argument("--group", type=str, help="a group.json written by `atlasd discover`")
     down.add_argument("--seeds", type=list[int], default=[0, 1, 2])
     down.add_argument(
@@ -124,7 +124,7 @@ def build_parser() -> ArgumentParser:
         "--broken", type=dict, default={}, help="DataModule options that break the symmetry"
     )
     deg.add_argument("--samples", type=dict, default={}, help="n, n_heldout, n_rank, n_emulate")
-    deg.add_argument("--models", type=dict, default={}, help="sizes of the two models")
+    _add_model_arguments(deg)
     deg.add_argument("--training", type=dict, default={}, help="epochs, lr, batch_size, ...")
     deg.add_argument("--llc", type=dict, default={}, help="chains, draws, burn_in, step, ...")
     deg.add_argument("--seeds", type=list[int], default=[0])
@@ -162,6 +162,17 @@ _TRAINER_SKIP = {
     "default_root_dir",
     "model_registry",
 }
+
+
+def _add_model_arguments(parser: ArgumentParser) -> None:
+    # one argument per model, so that --models.baseline.kernel_size 3 merges into the config's
+    # baseline options instead of replacing them (a single --models dict is merged one level)
+    parser.add_argument(
+        "--models.baseline", type=dict, default={}, help="options of the unconstrained model"
+    )
+    parser.add_argument(
+        "--models.equivariant", type=dict, default={}, help="options of the group-built model"
+    )
 
 
 def _add_trainer_arguments(parser: ArgumentParser) -> None:
@@ -274,7 +285,11 @@ def _load_report_group(cfg):
 def _report_config(cfg, sections: tuple[str, ...]) -> dict:
     """``{"task": ..., section: options}`` of a downstream or degeneracy command (an empty YAML
     section reads as null: no options)."""
-    return {"task": cfg.task, **{name: _coerce(cfg[name] or {}) for name in sections}}
+    out = {"task": cfg.task}
+    for name in sections:
+        value = cfg[name] or {}
+        out[name] = _coerce(value.as_dict() if isinstance(value, Namespace) else value)
+    return out
 
 
 def _cmd_degeneracy(cfg) -> int:
@@ -415,10 +430,14 @@ def _log_summary(logger, group, metrics: dict, run_dir: Path) -> None:
 
 
 def _coerce(options: dict) -> dict:
-    """Values given on the command line (--data.n 500) arrive as strings; read them as YAML."""
+    """Values given on the command line (--data.n 500, --models.baseline.kernel_size 3) arrive
+    as strings, at any depth of a section; read them as YAML."""
     import yaml
 
-    return {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in options.items()}
+    return {
+        k: yaml.safe_load(v) if isinstance(v, str) else _coerce(v) if isinstance(v, dict) else v
+        for k, v in options.items()
+    }
 
 
 def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) -> dict:

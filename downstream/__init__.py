@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "LLCEstimate": "llc",
     "LLCHealthWarning": "llc",
     "LLCHealthError": "llc",
+    "step_dependence": "llc",
     "functional_dimension": "ranks",
     "jacobian_spectrum": "ranks",
     "gauss_newton_spectrum": "ranks",

@@ -141,3 +141,29 @@ def test_discover_bad_task_and_seeds(tmp_path, capsys):
     assert main(["discover", "--task", "nope", "--run_dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "unknown task 'nope'; known tasks: climate, heat, jets, sphere_digits" in err
+
+
+@pytest.mark.parametrize("command", ["degeneracy", "downstream"])
+def test_nested_model_override_merges_into_the_config_and_is_typed(tmp_path, command):
+    """--models.baseline.kernel_size 3 changes that one option: the config's other baseline
+    options and the equivariant model stay, and the value is read as YAML (an int)."""
+    from atlasd.cli import _report_config, parse
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        "task: heat\nmodels:\n  baseline: {hidden: [8, 8], kernel_size: 5}\n"
+        "  equivariant: {hidden: ['4*S + 2*V'], kernel_size: 5}\n"
+    )
+    argv = [command, "--config", str(cfg_file), "--models.baseline.kernel_size", "3"]
+    cfg = parse(argv)[command]
+    models = _report_config(cfg, ("models",))["models"]
+    assert models == {
+        "baseline": {"hidden": [8, 8], "kernel_size": 3},
+        "equivariant": {"hidden": ["4*S + 2*V"], "kernel_size": 5},
+    }
+    # a whole model given as a mapping still replaces that model's options
+    cfg = parse([*argv[:3], "--models.equivariant", "{hidden: ['2*S'], kernel_size: 3}"])[command]
+    assert _report_config(cfg, ("models",))["models"]["equivariant"] == {
+        "hidden": ["2*S"],
+        "kernel_size": 3,
+    }

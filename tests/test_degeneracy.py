@@ -158,6 +158,37 @@ def test_report_counts_and_ranks(heat_report):
     s = report["susceptibility"]["baseline"]
     assert s["predicted_drop"] == [0.25, 0.5]
     assert s["uncertainty_from"] == "chains"
+    # the default step check: a second, independent estimate at half the step, with the burn-in
+    # doubled, compared with the first
+    for run in report["runs"]:
+        main, check = run["llc"], run["llc"]["step_check"]
+        assert check["step_size"] == pytest.approx(0.5 * main["step_size"])
+        assert check["burn_in"] == 2 * main["burn_in"] and check["chains"] == main["chains"]
+        f = 0.5
+        assert check["extrapolated"] == pytest.approx((check["mean"] - f * main["mean"]) / (1 - f))
+        assert check["difference"] == pytest.approx(main["mean"] - check["mean"])
+    entry = summary["symmetric/baseline"]
+    assert entry["step_checked"] == 1 and entry["fine_step"] == pytest.approx(0.025)
+    # the symmetry direction's weight in the effective dimension at the run's gamma, and the
+    # drop it allows
+    gamma = report["localization"]
+    weights = {}
+    for run in report["runs"]:
+        if run["model"] != "baseline":
+            continue
+        d = run["symmetry_directions"][0]
+        nb = run["llc"]["n_beta"]
+        expected = nb * d["curvature"] / (nb * d["curvature"] + gamma)
+        assert d["effective_weight"] == pytest.approx(expected, rel=1e-12)
+        assert all("effective_weight" in c for c in run["control_directions"])
+        weights[run["data"]] = d["effective_weight"]
+    assert s["attainable_drop"] == pytest.approx(weights["broken"] / 2)
+    assert s["quadratic_drop"] == pytest.approx((weights["broken"] - weights["symmetric"]) / 2)
+    assert report["susceptibility"]["equivariant"]["attainable_drop"] is None
+    assert "the symmetry can lower the LLC by at most" in report["reading"]
+    assert "attainable at this γ (quadratic estimate)" in report["table"]
+    assert "Step check:" in report["reading"]
+    assert "LLC at the smaller step; extrapolated to step 0" in report["table"]
 
 
 def test_report_files(heat_report):
@@ -185,6 +216,8 @@ def test_report_files(heat_report):
         ({"training": {"polish_steps": -1}}, "polish_steps must be an int >= 0"),
         ({"samples": {"n": 10_000, "n_heldout": 10, "n_emulate": 8}}, "raise data.n"),
         ({"models": {"baseline": {"hidden": [4, 4]}}}, "same depth and kernel size"),
+        ({"llc": {"step_check": 1.0}}, r"llc.step_check must be a number in \[0, 1\)"),
+        ({"llc": {"step_check": "half"}}, "llc.step_check must be a number"),
     ],
 )
 def test_bad_config_fails_early(tmp_path, change, message):
@@ -423,21 +456,34 @@ def _ratio_summary(sym: list[float], brk: list[float]) -> dict:
         (
             [0.30, 0.32],
             [0.90, 0.94],
-            "2 seeds: relatively flatter with the symmetry, as predicted",
+            "2 seeds, paired: symmetric / broken = 0.337, 95% interval 0.295 to 0.385: "
+            "relatively flatter with the symmetry, as predicted",
             "is flatter",
         ),
+        ([0.30, 0.60], [0.50, 0.70], "2 seeds, paired: symmetric / broken = 0.717", "is flatter"),
+        ([0.30, 0.60], [0.50, 0.70], "not resolved", "is flatter"),
         (
-            [0.30, 0.60],
-            [0.50, 0.70],
-            "2 seeds: the change is within 2 sd, not resolved",
+            [1.50, 1.52],
+            [0.90, 0.94],
+            "2 seeds, paired: symmetric / broken = 1.64, 95% interval 1.35 to 1.99: "
+            "not relatively flatter",
+            "is not flatter",
+        ),
+        # digits-like: the seeds disagree 1.5x on the level, but agree on the change, which
+        # 2 sd over seeds of the unpaired means would not resolve
+        (
+            [0.13, 0.20, 0.16],
+            [0.09, 0.13, 0.11],
+            "3 seeds, paired: symmetric / broken = 1.48, 95% interval 1.36 to 1.61: "
+            "not relatively flatter",
             "is flatter",
         ),
-        ([1.50, 1.52], [0.90, 0.94], "2 seeds: not relatively flatter", "is not flatter"),
     ],
 )
 def test_control_reading_states_what_the_ratios_show(sym, brk, verdict, special):
-    """The reading's sentence follows the numbers: resolved only beyond 2 sd over seeds, with
-    the direction of the change, and whether the symmetry's direction beats the shears."""
+    """The reading's sentence follows the numbers: resolved only when the 95% interval of the
+    per-seed paired ratio excludes 1, with the direction of the change, and whether the
+    symmetry's direction beats the shears."""
     from atlasd.downstream.degeneracy import _control_reading
 
     (line,) = _control_reading(_ratio_summary(sym, brk))
@@ -463,3 +509,85 @@ def test_flattest_control_ratio_uses_the_least_curved_shear_per_run():
     )
     assert stats[0]["values"] == pytest.approx([216.0 / 211.0, 377.0 / 976.0])
     assert _flattest_control_stats([run(1.0, [2.0], available=False)], "curvature") == [None]
+
+
+def test_paired_log_ratio_is_students_interval_on_the_log_ratios():
+    from scipy.stats import t as student_t
+
+    from atlasd.downstream.degeneracy import paired_log_ratio
+
+    out = paired_log_ratio([2.0, 8.0], [1.0, 2.0])
+    logs = [math.log(2.0), math.log(4.0)]
+    half = student_t.ppf(0.975, 1) * abs(logs[1] - logs[0]) / math.sqrt(2) / math.sqrt(2)
+    assert out["n"] == 2
+    assert out["ratio"] == pytest.approx(2**1.5)
+    assert out["low"] == pytest.approx(math.exp(1.5 * math.log(2) - half))
+    assert out["high"] == pytest.approx(math.exp(1.5 * math.log(2) + half))
+    # a non-finite or non-positive pair is dropped; fewer than 2 pairs or unequal lists: None
+    assert paired_log_ratio([2.0, 8.0, math.nan], [1.0, 2.0, 1.0])["n"] == 2
+    assert paired_log_ratio([2.0, 0.0], [1.0, 2.0]) is None
+    assert paired_log_ratio([2.0], [1.0]) is None
+    assert paired_log_ratio([2.0, 3.0], [1.0]) is None
+
+
+def test_chart_samples_take_the_class_count_from_the_datamodule():
+    """The classifier's output size is the task's class count (10 digits + background), not
+    the largest label that happens to be drawn; regression has none."""
+    from atlasd.downstream.degeneracy import chart_samples
+
+    x, y, xh, yh, n_classes = chart_samples(
+        "sphere_digits", {"n": 12, "n_test": 2, "seed": 0}, 20, 6, seed=0
+    )
+    assert n_classes == 11
+    assert x.shape[0] == 20 and xh.shape[0] == 6 and y.dtype == torch.int64
+    assert 0 <= int(y.min()) and int(torch.cat([y.flatten(), yh.flatten()]).max()) < n_classes
+    *_, none = chart_samples("heat", {"n": 4, "seed": 0}, 10, 4, seed=0)
+    assert none is None
+
+
+@given(
+    c=st.floats(0, 1e8, allow_nan=False),
+    n_beta=st.floats(1e-3, 1e5),
+    gamma=st.floats(0, 1e8, allow_nan=False),
+)
+def test_effective_weight_is_the_directions_share_of_the_effective_dimension(c, n_beta, gamma):
+    """For an eigenvector of G with eigenvalue c the weight is exactly its term of
+    effective_dimension; it lies in [0, 1] and grows with the curvature."""
+    from atlasd.downstream.degeneracy import effective_weight
+    from atlasd.downstream.ranks import effective_dimension
+
+    w = effective_weight(c, n_beta, gamma)
+    assert 0 <= w <= 1
+    if gamma > 0:
+        mu = torch.tensor([c], dtype=torch.float64)
+        assert w == pytest.approx(effective_dimension(mu, n_beta, gamma), rel=1e-9, abs=1e-12)
+        assert effective_weight(2 * c + 1, n_beta, gamma) >= w
+    assert effective_weight(-1.0, n_beta, gamma) == 0.0
+
+
+def test_effective_weight_rejects_bad_settings():
+    from atlasd.downstream.degeneracy import effective_weight
+
+    with pytest.raises(ValueError, match="n_beta > 0 and gamma >= 0"):
+        effective_weight(1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="n_beta > 0 and gamma >= 0"):
+        effective_weight(1.0, 1.0, -1.0)
+
+
+@pytest.mark.parametrize(
+    ("attainable", "stderr", "verdict"),
+    [
+        (0.003, 0.7, "below the LLC's resolution even without the symmetry"),
+        (0.29, 3.8, "cannot resolve it"),
+        (0.29, 0.05, "within the measurement's resolution"),
+    ],
+)
+def test_attainable_reading_says_whether_the_llc_can_see_the_symmetry(attainable, stderr, verdict):
+    from atlasd.downstream.degeneracy import _attainable_reading
+
+    line = _attainable_reading(
+        {"attainable_drop": attainable, "quadratic_drop": 0.5 * attainable, "stderr": stderr},
+        206.0,
+    )
+    assert verdict in line
+    assert f"at most {attainable:.3f}" in line and "gamma = 206" in line
