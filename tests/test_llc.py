@@ -142,6 +142,18 @@ def test_preconditioned_sgld_equilibrates_an_ill_conditioned_basin():
         estimate_llc(model, (x, y), step_size=0.1, preconditioner=-pre, **kw)
 
 
+def _misfit_regression_at_minimum(n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A 4 -> 2 linear model at the least-squares minimum of data with noise sd 3 (misspecified
+    for ``mse_nll``'s unit variance, so the per-sample gradients at w* are large)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 4, generator=gen) * torch.tensor([0.25, 0.5, 1.0, 1.7])
+    y = x @ torch.randn(4, 2, generator=gen) + 3 * torch.randn(n, 2, generator=gen)
+    model = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x.double(), y.double()).solution.T.float())
+    return model, x, y
+
+
 def test_full_batch_excess_removes_the_minibatch_term_at_tight_localisation():
     """Tight localisation (gamma = 1e4, noisy linear regression at its least-squares minimum):
     the minibatch excess is dominated by (grad L_B - grad L_n) . (w - w*), so half the draws
@@ -152,12 +164,7 @@ def test_full_batch_excess_removes_the_minibatch_term_at_tight_localisation():
     from atlasd.downstream.ranks import gauss_newton_matrix
 
     n = 2000
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(n, 4, generator=gen) * torch.tensor([0.25, 0.5, 1.0, 1.7])
-    y = x @ torch.randn(4, 2, generator=gen) + 3 * torch.randn(n, 2, generator=gen)
-    model = nn.Linear(4, 2, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(x.double(), y.double()).solution.T.float())
+    model, x, y = _misfit_regression_at_minimum(n)
     n_beta, gamma = n / math.log(n), 1e4
     g = gauss_newton_matrix(model, x)
     target = 0.5 * effective_dimension(torch.linalg.eigvalsh(g).clamp_min(0), n_beta, gamma)
@@ -366,12 +373,7 @@ def test_step_check_extrapolates_the_minibatch_heating_away():
     from atlasd.downstream.ranks import gauss_newton_matrix
 
     n = 2000
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(n, 4, generator=gen) * torch.tensor([0.25, 0.5, 1.0, 1.7])
-    y = x @ torch.randn(4, 2, generator=gen) + 3 * torch.randn(n, 2, generator=gen)
-    model = nn.Linear(4, 2, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(x.double(), y.double()).solution.T.float())
+    model, x, y = _misfit_regression_at_minimum(n)
     n_beta = n / math.log(n)
     g = gauss_newton_matrix(model, x)
     target = 0.5 * effective_dimension(torch.linalg.eigvalsh(g).clamp_min(0), n_beta, 1.0)
