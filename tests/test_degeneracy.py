@@ -185,6 +185,17 @@ def test_report_counts_and_ranks(heat_report):
     assert s["attainable_drop"] == pytest.approx(weights["broken"] / 2)
     assert s["quadratic_drop"] == pytest.approx((weights["broken"] - weights["symmetric"]) / 2)
     assert report["susceptibility"]["equivariant"]["attainable_drop"] is None
+    cs, cb = (
+        next(
+            r["symmetry_directions"][0]["curvature"]
+            for r in report["runs"]
+            if r["model"] == "baseline" and r["data"] == v
+        )
+        for v in ("symmetric", "broken")
+    )
+    assert s["best_gamma_drop"] == pytest.approx(
+        (math.sqrt(cb) - math.sqrt(cs)) / (2 * (math.sqrt(cb) + math.sqrt(cs)))
+    )
     assert "the symmetry can lower the LLC by at most" in report["reading"]
     assert "attainable at this γ (quadratic estimate)" in report["table"]
     assert "Step check:" in report["reading"]
@@ -591,3 +602,28 @@ def test_attainable_reading_says_whether_the_llc_can_see_the_symmetry(attainable
     )
     assert verdict in line
     assert f"at most {attainable:.3f}" in line and "gamma = 206" in line
+
+
+@given(
+    cs=st.floats(1e-4, 1e4),
+    cb=st.floats(1e-4, 1e4),
+    n_beta=st.floats(1.0, 1e4),
+)
+@settings(max_examples=50, deadline=None)
+def test_best_gamma_drop_is_the_maximum_over_gamma(cs, cb, n_beta):
+    """The closed form equals a brute-force maximum of (w(c_b) - w(c_s)) / 2 over a fine log
+    grid of gamma, and no grid point exceeds it."""
+    from atlasd.downstream.degeneracy import _best_gamma_drop, effective_weight
+
+    def run(c):
+        return {"symmetry_directions": [{"available": True, "curvature": c}]}
+
+    best = _best_gamma_drop(run(cs), run(cb))
+    grid = [10 ** (k / 200) for k in range(-1600, 2401)]
+    values = [(effective_weight(cb, n_beta, g) - effective_weight(cs, n_beta, g)) / 2 for g in grid]
+    if cb >= cs:
+        assert max(values) <= best + 1e-12
+        assert max(values) == pytest.approx(best, rel=1e-3, abs=1e-9)
+    else:
+        assert best <= 0
+    assert _best_gamma_drop(run(cs), {"symmetry_directions": [{"available": False}]}) is None
