@@ -131,10 +131,10 @@ direction of curvature ``c`` with the weight ``w = n_beta c / (n_beta c + gamma)
 symmetry can lower the LLC by at most half the weight its directions have on the broken data
 (``attainable_drop``), the measured curvatures on both data versions give the quadratic estimate
 ``quadratic_drop``, and ``best_gamma_drop`` is the largest drop those curvatures allow at any
-``gamma``. Measured on digits (seeds 0, 1): the rotation direction of the unconstrained stack
-has ``n_beta c`` of 10-19 against ``gamma = 206``, so the symmetry could lower the LLC by at most
-0.035 there, and by at most 0.035 at any ``gamma``, since it flattens the direction by only
-20-30%.
+``gamma``. Measured on digits (seeds 0-3): the rotation direction of the unconstrained stack
+has ``n_beta c`` of 7-47 against ``gamma`` = 206-241, so the symmetry could lower the LLC by at
+most 0.044 there, and by at most 0.062 at any ``gamma``, since rotated digits flatten the
+direction only 1.6x.
 
 Outputs: :func:`write_degeneracy_report` writes ``report.json``, ``report.md`` and ``report.png``
 atomically.
