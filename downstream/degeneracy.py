@@ -955,6 +955,7 @@ def measure_degeneracy(
     }
 
     def sample(step: float, burn_in: int, sampler_seed: int) -> dict[str, Any]:
+        recorded = {"step_size": step, "burn_in": burn_in, **settings}
         try:
             est = estimate_llc(
                 model,
@@ -984,9 +985,7 @@ def measure_degeneracy(
                 "problems": [str(exc)],
                 "below_fraction": [],
                 "time_s": math.nan,
-                "step_size": step,
-                "burn_in": burn_in,
-                **settings,
+                **recorded,
             }
         return {
             "mean": est.mean,
@@ -997,9 +996,7 @@ def measure_degeneracy(
             "problems": list(est.problems),
             "below_fraction": est.diagnostics["below_fraction"].tolist(),
             "time_s": est.wall_s,
-            "step_size": step,
-            "burn_in": burn_in,
-            **settings,
+            **recorded,
         }
 
     step, burn_in = float(llc["step"]), int(llc["burn_in"])
@@ -1276,17 +1273,23 @@ def _best_gamma_drop(sym: dict, brk: dict) -> float | None:
 def _step_check_stats(runs: list[dict]) -> dict[str, Any]:
     """Over runs: the LLC at the smaller step, its linear extrapolation to step 0 and how many
     runs changed by more than 2 stderr with the step (``step_checked`` 0: no check ran)."""
-    checks = [r["llc"].get("step_check") for r in runs]
-    checks = [c for c in checks if c]
+    checks = [c for c in (r["llc"].get("step_check") for r in runs) if c]
+    if not checks:
+        return {
+            "step_checked": 0,
+            "step_dependent": 0,
+            "llc_fine_step": None,
+            "llc_extrapolated": None,
+            "extrapolated_stderr": None,
+            "fine_step": None,
+        }
     return {
         "step_checked": len(checks),
         "step_dependent": sum(bool(c["dependent"]) for c in checks),
-        "llc_fine_step": _stats([c["mean"] for c in checks]) if checks else None,
-        "llc_extrapolated": _stats([c["extrapolated"] for c in checks]) if checks else None,
-        "extrapolated_stderr": (
-            statistics.fmean(c["extrapolated_stderr"] for c in checks) if checks else None
-        ),
-        "fine_step": checks[0]["step_size"] if checks else None,
+        "llc_fine_step": _stats([c["mean"] for c in checks]),
+        "llc_extrapolated": _stats([c["extrapolated"] for c in checks]),
+        "extrapolated_stderr": statistics.fmean(c["extrapolated_stderr"] for c in checks),
+        "fine_step": checks[0]["step_size"],
     }
 
 
