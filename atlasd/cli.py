@@ -135,6 +135,17 @@ def build_parser() -> ArgumentParser:
     deg.add_argument("--wandb_project", type=str, default="atlasd")
     sub.add_subcommand("degeneracy", deg, help="measure the degeneracy a discovered group predicts")
 
+    merge = _subparser(
+        "Merge degeneracy reports of the same experiment on different seeds (run in separate "
+        "processes or on separate machines, with one fixed llc.localization) into one report "
+        "over all seeds: DIR/report.json, report.md and report.png."
+    )
+    merge.add_argument("reports", type=str, nargs="+", help="report folders or report.json files")
+    merge.add_argument("--run_dir", type=str, help="folder for the merged report")
+    sub.add_subcommand(
+        "degeneracy-merge", merge, help="one degeneracy report from reports on different seeds"
+    )
+
     show = _subparser("Print a DiscoveredGroup's summary and write its plot.")
     show.add_argument("group", type=str, help="path to a group.json file")
     show.add_argument(
@@ -314,6 +325,29 @@ def _cmd_degeneracy(cfg) -> int:
     return 0
 
 
+def _cmd_degeneracy_merge(cfg) -> int:
+    import json
+
+    from atlasd.io import check_writable
+
+    if not cfg.run_dir:
+        raise ValueError("--run_dir DIR is required (where the merged report goes)")
+    paths = [Path(p) / "report.json" if Path(p).is_dir() else Path(p) for p in cfg.reports]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no degeneracy report at {', '.join(missing)}")
+    run_dir = check_writable(Path(cfg.run_dir))
+    from atlasd.downstream.degeneracy import merge_degeneracy_reports, write_degeneracy_report
+
+    report = merge_degeneracy_reports([json.loads(p.read_text()) for p in paths])
+    write_degeneracy_report(report, run_dir)
+    print(report["table"])
+    print()
+    print(report["reading"])
+    print(f"merged report over seeds {report['seeds']} written to {run_dir / 'report.md'}")
+    return 0
+
+
 def _cmd_downstream(cfg) -> int:
     from atlasd.io import check_writable
 
@@ -365,6 +399,9 @@ def _log_report(cfg, report: dict, run_dir: Path) -> None:
     for name, s in report.get("susceptibility", {}).items():
         run.summary[f"susceptibility/{name}/delta_llc"] = s["delta"]
         run.summary[f"susceptibility/{name}/stderr"] = s["stderr"]
+        if s.get("delta_step0") is not None:
+            run.summary[f"susceptibility/{name}/delta_llc_step0"] = s["delta_step0"]
+            run.summary[f"susceptibility/{name}/stderr_step0"] = s["stderr_step0"]
     plot = run_dir / "report.png"
     if "summary" in report and plot.is_file():
         run.log({"report/plot": wandb.Image(str(plot))})
@@ -561,6 +598,7 @@ _COMMANDS = {
     "discover": _cmd_discover,
     "downstream": _cmd_downstream,
     "degeneracy": _cmd_degeneracy,
+    "degeneracy-merge": _cmd_degeneracy_merge,
 }
 
 

@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "run_degeneracy": "degeneracy",
     "write_degeneracy_report": "degeneracy",
     "measure_degeneracy": "degeneracy",
+    "merge_degeneracy_reports": "degeneracy",
     "emulability": "emulate",
     "emulation": "emulate",
     "Emulation": "emulate",

@@ -142,6 +142,7 @@ atomically.
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -171,6 +172,7 @@ __all__ = [
     "effective_weight",
     "gaussian_nll",
     "measure_degeneracy",
+    "merge_degeneracy_reports",
     "paired_log_ratio",
     "run_degeneracy",
     "whitened_polish",
@@ -1199,7 +1201,12 @@ def run_degeneracy(
         )
         runs.append(m)
 
-    report = _summarise(cfg, group, runs, sigma if kind == "regression" else None)
+    info = {
+        "dim": group.dim,
+        "n_components": group.n_components,
+        "generators": group.algebra.tolist(),
+    }
+    report = _summarise(cfg, info, runs, sigma if kind == "regression" else None)
     report["n_samples"] = samples["n"]
     return report
 
@@ -1293,9 +1300,30 @@ def _step_check_stats(runs: list[dict]) -> dict[str, Any]:
     }
 
 
+def _paired_delta(
+    sym: Sequence[tuple[float, float]], brk: Sequence[tuple[float, float]]
+) -> tuple[float, float, str, list[float]]:
+    """Mean of the per-seed differences ``sym_i - brk_i`` of ``(value, stderr)`` pairs in seed
+    order, its stderr and where that comes from: the spread of the differences over seeds
+    (``"seeds"``, two or more), else the two chain stderrs in quadrature (``"chains"``).
+    Non-finite differences are left out of the mean; returns ``(delta, stderr, basis,
+    per-seed differences)``."""
+    deltas = [a - b for (a, _), (b, _) in zip(sym, brk, strict=True)]
+    finite = [v for v in deltas if math.isfinite(v)]
+    if len(deltas) > 1:
+        se = statistics.stdev(finite) / math.sqrt(len(finite)) if len(finite) > 1 else math.nan
+        basis = "seeds"
+    else:
+        se, basis = math.hypot(sym[0][1], brk[0][1]), "chains"
+    return (statistics.fmean(finite) if finite else math.nan), se, basis, deltas
+
+
 def _summarise(
-    cfg: dict, group: DiscoveredGroup, runs: list[dict], sigma: float | None
+    cfg: dict, group: dict[str, Any], runs: list[dict], sigma: float | None
 ) -> dict[str, Any]:
+    """The report of ``runs`` (one per seed, data version and model; seeds as in
+    ``cfg["seeds"]``): summary, susceptibility, table and reading. ``group``: ``{"dim",
+    "n_components", "generators"}`` (a report's ``group`` entry)."""
     summary: dict[str, dict[str, Any]] = {}
     for version in ("symmetric", "broken"):
         for name in ("baseline", "equivariant"):
@@ -1323,20 +1351,24 @@ def _summarise(
                 entry[key] = _stats([r[key] for r in rs])
             summary[f"{version}/{name}"] = entry
 
-    predicted = [group.dim / 4, group.dim / 2]
+    predicted = [group["dim"] / 4, group["dim"] / 2]
     susceptibility: dict[str, Any] = {}
     for name in ("baseline", "equivariant"):
         sym = [r for r in runs if r["data"] == "symmetric" and r["model"] == name]
         brk = [r for r in runs if r["data"] == "broken" and r["model"] == name]
-        deltas = [a["llc"]["mean"] - b["llc"]["mean"] for a, b in zip(sym, brk, strict=True)]
-        finite = [v for v in deltas if math.isfinite(v)]
-        if len(deltas) > 1:
-            se = statistics.stdev(finite) / math.sqrt(len(finite)) if len(finite) > 1 else math.nan
-            basis = "seeds"
-        else:
-            se = math.hypot(sym[0]["llc"]["stderr"], brk[0]["llc"]["stderr"])
-            basis = "chains"
-        delta = statistics.fmean(finite) if finite else math.nan
+        delta, se, basis, deltas = _paired_delta(
+            [(r["llc"]["mean"], r["llc"]["stderr"]) for r in sym],
+            [(r["llc"]["mean"], r["llc"]["stderr"]) for r in brk],
+        )
+        checks = [r["llc"].get("step_check") for r in (*sym, *brk)]
+        step0 = (
+            _paired_delta(
+                [(c["extrapolated"], c["extrapolated_stderr"]) for c in checks[: len(sym)]],
+                [(c["extrapolated"], c["extrapolated_stderr"]) for c in checks[len(sym) :]],
+            )
+            if all(checks)
+            else None
+        )
         # the drop the symmetry's directions can make at this localisation (quadratic picture):
         # at most half their weight on the broken data (if the symmetry made them exactly
         # flat); half the measured change of weight as the estimate
@@ -1354,6 +1386,11 @@ def _summarise(
             "stderr": se,
             "uncertainty_from": basis,
             "per_seed": deltas,
+            # the same paired difference of the LLCs extrapolated to step 0 (every run has a
+            # step check), free of the sampler's first-order step bias
+            "delta_step0": step0[0] if step0 else None,
+            "stderr_step0": step0[1] if step0 else None,
+            "per_seed_step0": step0[3] if step0 else None,
             # the constraint already removed the symmetry's directions from the group model
             "predicted_drop": predicted if name == "baseline" else [0.0, 0.0],
             "z": delta / se if se > 0 else math.nan,
@@ -1362,11 +1399,7 @@ def _summarise(
         "task": cfg["task"],
         "seeds": cfg["seeds"],
         "config": {k: v for k, v in cfg.items() if k != "seeds"},
-        "group": {
-            "dim": group.dim,
-            "n_components": group.n_components,
-            "generators": group.algebra.tolist(),
-        },
+        "group": {k: group[k] for k in ("dim", "n_components", "generators")},
         "noise_std": sigma,
         "localization": runs[0]["llc"]["localization"],
         "runs": runs,
@@ -1458,9 +1491,9 @@ def _table(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| model | Δ LLC (symmetric - broken) | stderr | predicted drop (rank bound) "
-        "| attainable at this γ (quadratic estimate) |",
-        "|---|---|---|---|---|",
+        "| model | Δ LLC (symmetric - broken) | stderr | Δ LLC extrapolated to step 0 "
+        "| predicted drop (rank bound) | attainable at this γ (quadratic estimate) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, s in report["susceptibility"].items():
         lo, hi = s["predicted_drop"]
@@ -1470,9 +1503,14 @@ def _table(report: dict[str, Any]) -> str:
             if s.get("attainable_drop") is None
             else f"-{s['attainable_drop']:.3f} ({-s['quadratic_drop']:+.3f})"
         )
+        step0 = (
+            "-"
+            if s.get("delta_step0") is None
+            else f"{s['delta_step0']:+.2f} ± {s['stderr_step0']:.2f}"
+        )
         lines.append(
-            f"| {name} | {s['delta']:+.2f} | {s['stderr']:.2f} ({s['uncertainty_from']}) | {drop} "
-            f"| {attainable} |"
+            f"| {name} | {s['delta']:+.2f} | {s['stderr']:.2f} ({s['uncertainty_from']}) "
+            f"| {step0} | {drop} | {attainable} |"
         )
     return "\n".join(lines)
 
@@ -1527,6 +1565,7 @@ def _reading(report: dict[str, Any]) -> str:
                 f"{name}: Δ LLC (symmetric - broken) = {d['delta']:+.2f} ± {d['stderr']:.2f} "
                 f"(stderr over {d['uncertainty_from']}): {verdict}."
             )
+            lines += _step0_delta_reading(name, d)
             continue
         verdict = (
             "consistent with the predicted drop"
@@ -1540,6 +1579,7 @@ def _reading(report: dict[str, Any]) -> str:
             f"(stderr over {d['uncertainty_from']}); an emulable {dim}-dimensional symmetry "
             f"predicts a drop of {lo:.2f} to {hi:.2f}: {verdict}."
         )
+        lines += _step0_delta_reading(name, d)
         if d.get("attainable_drop") is not None:
             lines.append(_attainable_reading(d, report["localization"]))
     sym_c = summ["symmetric/baseline"]["symmetry_curvature"]
@@ -1573,6 +1613,28 @@ def _reading(report: dict[str, Any]) -> str:
             + " (0 = a weight change reproduces the input perturbation, 1 = none helps)."
         )
     return "\n".join(lines)
+
+
+def _step0_delta_reading(name: str, d: dict[str, Any]) -> list[str]:
+    """The Δ LLC of the step-0 extrapolations, next to the one at the sampler's step."""
+    if d.get("delta_step0") is None:
+        return []
+    delta, se = d["delta_step0"], d["stderr_step0"]
+    if not math.isfinite(delta):
+        return [f"{name}: Δ LLC extrapolated to step 0 could not be formed (non-finite)."]
+    resolved = se > 0 and abs(delta) > 2 * se
+    agrees = abs(delta - d["delta"]) <= 2 * math.hypot(se, d["stderr"])
+    return [
+        f"{name}: extrapolated to step 0 (free of the sampler's first-order step bias), Δ LLC "
+        f"= {delta:+.2f} ± {se:.2f} (stderr over {d['uncertainty_from']}): "
+        + ("resolved from zero" if resolved else "not resolved from zero")
+        + (
+            ", and within 2 stderr of the value at the sampler's step."
+            if agrees
+            else f", against {d['delta']:+.2f} at the sampler's step: the step bias differs "
+            "between the data versions, so quote the extrapolated value."
+        )
+    ]
 
 
 def _attainable_reading(d: dict[str, Any], gamma: float) -> str:
@@ -1791,3 +1853,102 @@ def write_degeneracy_report(report: dict[str, Any], run_dir: Path) -> tuple[Path
     )
     md_path = write_atomic(run_dir / "report.md", md)
     return json_path, md_path, _plot(report, run_dir / "report.png")
+
+
+def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config without the settings whose resolved values the merge compares instead
+    (``llc.localization`` and ``llc.noise_std``: ``auto`` and the number it chose are the
+    same experiment)."""
+    llc = {k: v for k, v in config.get("llc", {}).items() if k not in ("localization", "noise_std")}
+    return {**config, "llc": llc}
+
+
+def merge_degeneracy_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report from reports of the same experiment run on different seeds (e.g. seeds run
+    in separate processes or on separate machines), summarised by the current code.
+
+    The runs are taken as stored; the summary, susceptibility (paired over all seeds), table
+    and reading are recomputed. Runs stored before a figure existed get it where it can be
+    derived exactly (a direction's effective weight from its curvature, ``n_beta`` and gamma).
+
+    Args:
+        reports: ``report.json`` contents written by :func:`write_degeneracy_report` (one or
+            more; a single report is re-summarised).
+
+    Returns:
+        the merged report, seeds in ascending order (write it with
+        :func:`write_degeneracy_report`).
+
+    Raises:
+        ValueError: no reports, a report that is not a degeneracy report, or reports that are
+            not comparable: different task, config (other than the seeds), group, sample count,
+            noise level or localisation gamma (``llc.localization: auto`` picks gamma per
+            process: fix it to one number for runs to be merged; ``auto`` and the number it
+            chose merge), or a seed in two reports.
+    """
+    if not reports:
+        raise ValueError("no reports to merge")
+    keys = ("task", "seeds", "config", "group", "noise_std", "localization", "runs")
+    for i, r in enumerate(reports):
+        missing = [k for k in keys if k not in r]
+        if missing:
+            raise ValueError(f"report {i} is not a degeneracy report (missing {missing})")
+    first = reports[0]
+
+    def differs(a: Any, b: Any) -> bool:
+        if a is None or b is None:
+            return a is not b
+        return not math.isclose(float(a), float(b), rel_tol=1e-9)
+
+    seen: dict[int, int] = {}
+    for i, r in enumerate(reports):
+        if r["task"] != first["task"]:
+            raise ValueError(f"report {i} is on task {r['task']!r}, report 0 on {first['task']!r}")
+        a, b = _comparable_config(r["config"]), _comparable_config(first["config"])
+        if a != b:
+            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise ValueError(f"report {i} has a different config than report 0 (in {changed})")
+        g, g0 = r["group"], first["group"]
+        if (g["dim"], g["n_components"]) != (g0["dim"], g0["n_components"]) or not torch.allclose(
+            torch.tensor(g["generators"], dtype=torch.float64),
+            torch.tensor(g0["generators"], dtype=torch.float64),
+            atol=1e-9,
+        ):
+            raise ValueError(f"report {i} measured a different group than report 0")
+        if differs(r.get("n_samples"), first.get("n_samples")):
+            raise ValueError(
+                f"report {i} has n = {r.get('n_samples')}, report 0 {first.get('n_samples')}"
+            )
+        if differs(r["noise_std"], first["noise_std"]):
+            raise ValueError(
+                f"report {i} has noise sigma {r['noise_std']}, report 0 {first['noise_std']}: "
+                "set llc.noise_std to one number for runs to be merged"
+            )
+        if differs(r["localization"], first["localization"]):
+            raise ValueError(
+                f"report {i} was sampled at localisation gamma {r['localization']:.6g}, report 0 "
+                f"at {first['localization']:.6g}, so their LLCs are not comparable: rerun with "
+                f"llc.localization fixed to one number (e.g. the larger, "
+                f"{max(r['localization'], first['localization']):.6g})"
+            )
+        for seed in r["seeds"]:
+            if seed in seen:
+                raise ValueError(f"seed {seed} is in report {seen[seed]} and in report {i}")
+            seen[seed] = i
+
+    gamma = float(first["localization"])
+    runs = [copy.deepcopy(run) for r in reports for run in r["runs"]]
+    for run in runs:
+        run["llc"].setdefault("step_check", None)
+        for d in (*run["symmetry_directions"], *run.get("control_directions", [])):
+            if d["available"] and d.get("effective_weight") is None:
+                d["effective_weight"] = effective_weight(
+                    d["curvature"], run["llc"]["n_beta"], gamma
+                )
+    seeds = sorted(seen)
+    runs.sort(key=lambda run: seeds.index(run["seed"]))
+    report = _summarise(
+        {**first["config"], "seeds": seeds}, first["group"], runs, first["noise_std"]
+    )
+    report["n_samples"] = first.get("n_samples")
+    return report

@@ -3,6 +3,7 @@ directions in weight space, and a small end-to-end report on the heat task."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -20,11 +21,13 @@ from atlasd.downstream.degeneracy import (
     control_generators,
     conv_rotation_tangent,
     gaussian_nll,
+    merge_degeneracy_reports,
     run_degeneracy,
     write_degeneracy_report,
 )
 from atlasd.downstream.ranks import gauss_newton_matrix, hessian_vector_product, loss_hessian
 from atlasd.group import DiscoveredGroup
+from atlasd.io import json_safe
 
 
 def o2_group() -> DiscoveredGroup:
@@ -77,10 +80,8 @@ def test_rotation_tangent_of_a_ramp_kernel_is_the_rotated_ramp():
     assert conv_rotation_tangent(nn.Sequential(nn.Linear(3, 2)), so2()[0]) is None
 
 
-@pytest.fixture(scope="module")
-def heat_report(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("degeneracy")
-    config = {
+def _small_heat_config() -> dict:
+    return {
         "task": "heat",
         "data": {"n": 12, "seed": 0, "val_fraction": 0.1},
         "broken": {"anisotropy": [1.5, 0.5]},
@@ -99,8 +100,24 @@ def heat_report(tmp_path_factory):
         "llc": {"chains": 2, "burn_in": 5, "draws": 10, "batch_size": 32},
         "seeds": [0],
     }
-    report = run_degeneracy(config, o2_group(), run_dir)
+
+
+@pytest.fixture(scope="module")
+def heat_report(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("degeneracy")
+    report = run_degeneracy(_small_heat_config(), o2_group(), run_dir)
     return report, run_dir
+
+
+@pytest.fixture(scope="module")
+def heat_report_seed1(heat_report, tmp_path_factory):
+    """The heat_report experiment on seed 1, run on its own with the gamma and noise level
+    that seed 0's run chose (as a user runs further seeds to merge)."""
+    first, _ = heat_report
+    config = _small_heat_config()
+    config["llc"].update(localization=first["localization"], noise_std=first["noise_std"])
+    config["seeds"] = [1]
+    return run_degeneracy(config, o2_group(), tmp_path_factory.mktemp("degeneracy1"))
 
 
 def test_report_counts_and_ranks(heat_report):
@@ -320,7 +337,7 @@ def test_cli_degeneracy_end_to_end_with_wandb(tmp_path, capsys):
         "--run_dir", str(run_dir), "--data", '{"n": 12, "seed": 0}',
         "--samples", '{"n": 120, "n_heldout": 40, "n_rank": 6, "n_emulate": 8}',
         "--training", '{"epochs": 1, "polish_steps": 2, "polish_rounds": 1}',
-        "--llc", '{"chains": 2, "burn_in": 4, "draws": 8, "batch_size": 32}',
+        "--llc", '{"chains": 2, "burn_in": 4, "draws": 8, "batch_size": 32, "step_check": 0.5}',
     ]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -332,6 +349,7 @@ def test_cli_degeneracy_end_to_end_with_wandb(tmp_path, capsys):
     assert len(list(run.glob("files/media/images/report/plot_*.png"))) == 1
     logged = read_offline_run(run)
     assert "susceptibility/baseline/delta_llc" in logged["summary"], logged["kinds"]
+    assert "susceptibility/baseline/delta_llc_step0" in logged["summary"], logged["kinds"]
 
 
 def _badly_scaled_regression(seed: int, n: int = 120):
@@ -627,3 +645,136 @@ def test_best_gamma_drop_is_the_maximum_over_gamma(cs, cb, n_beta):
     else:
         assert best <= 0
     assert _best_gamma_drop(run(cs), {"symmetry_directions": [{"available": False}]}) is None
+
+
+def _stored(report: dict) -> dict:
+    """A report as written to and read back from report.json."""
+    return json.loads(json.dumps(json_safe(report)))
+
+
+def test_step0_delta_pairs_the_extrapolated_llcs(heat_report):
+    report, _ = heat_report
+    by = {(r["data"], r["model"]): r["llc"]["step_check"] for r in report["runs"]}
+    for name in ("baseline", "equivariant"):
+        s = report["susceptibility"][name]
+        sym, brk = by[("symmetric", name)], by[("broken", name)]
+        assert s["delta_step0"] == pytest.approx(sym["extrapolated"] - brk["extrapolated"])
+        assert s["stderr_step0"] == pytest.approx(
+            math.hypot(sym["extrapolated_stderr"], brk["extrapolated_stderr"])
+        )
+    assert "Δ LLC extrapolated to step 0" in report["table"]
+    assert "baseline: extrapolated to step 0 (free of the sampler's" in report["reading"]
+
+
+def test_merge_pairs_seeds_run_in_separate_processes(heat_report, heat_report_seed1):
+    one, two = _stored(heat_report[0]), _stored(heat_report_seed1)
+    merged = merge_degeneracy_reports([two, one])
+    assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 8
+    assert [r["seed"] for r in merged["runs"]] == [0] * 4 + [1] * 4
+    assert merged["localization"] == pytest.approx(one["localization"])
+    for key, entry in merged["summary"].items():
+        values = [rep["summary"][key]["llc"]["mean"] for rep in (one, two)]
+        assert entry["llc"]["values"] == pytest.approx(values)
+        assert entry["llc"]["mean"] == pytest.approx(sum(values) / 2)
+    for name, s in merged["susceptibility"].items():
+        per_seed = [rep["susceptibility"][name]["delta"] for rep in (one, two)]
+        assert s["per_seed"] == pytest.approx(per_seed)
+        assert s["uncertainty_from"] == "seeds"
+        # two seeds: the sd of the differences over sqrt(2) is half their distance
+        assert s["stderr"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2)
+        step0 = [rep["susceptibility"][name]["delta_step0"] for rep in (one, two)]
+        assert s["delta_step0"] == pytest.approx(sum(step0) / 2)
+        assert s["stderr_step0"] == pytest.approx(abs(step0[0] - step0[1]) / 2)
+    assert merge_degeneracy_reports([one, two])["summary"] == merged["summary"]
+
+
+def _changed(report: dict, path: tuple[str, ...], value) -> dict:
+    out = copy.deepcopy(report)
+    target = out
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("localization",), 1e9, "sampled at localisation gamma 1e\\+09"),
+        (("noise_std",), 123.0, "noise sigma 123.0"),
+        (("task",), "sphere_digits", "on task 'sphere_digits'"),
+        (
+            ("config", "training", "epochs"),
+            3,
+            r"different config than report 0 \(in \['training'\]\)",
+        ),
+        (("group", "generators"), [[[0.0, 2.0], [-2.0, 0.0]]], "different group"),
+        (("n_samples",), 7, "has n = 7"),
+        (("seeds",), [0], "seed 0 is in report 0 and in report 1"),
+    ],
+)
+def test_merge_refuses_reports_that_are_not_comparable(
+    heat_report, heat_report_seed1, path, value, message
+):
+    one, two = _stored(heat_report[0]), _stored(heat_report_seed1)
+    with pytest.raises(ValueError, match=message):
+        merge_degeneracy_reports([one, _changed(two, path, value)])
+
+
+def test_merge_accepts_auto_settings_that_resolved_alike(heat_report, heat_report_seed1):
+    # seed 0 ran with localization/noise_std 'auto', seed 1 with the numbers they chose
+    one, two = _stored(heat_report[0]), _stored(heat_report_seed1)
+    assert one["config"]["llc"]["localization"] == "auto"
+    assert two["config"]["llc"]["localization"] == pytest.approx(one["localization"])
+    assert merge_degeneracy_reports([one, two])["seeds"] == [0, 1]
+
+
+def test_merge_rejects_empty_and_foreign_input():
+    with pytest.raises(ValueError, match="no reports to merge"):
+        merge_degeneracy_reports([])
+    with pytest.raises(ValueError, match=r"report 0 is not a degeneracy report \(missing"):
+        merge_degeneracy_reports([{"task": "heat", "runs": []}])
+
+
+def test_cli_degeneracy_merge(heat_report, heat_report_seed1, tmp_path, capsys):
+    from atlasd.cli import main
+
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    write_degeneracy_report(heat_report[0], dirs[0])
+    write_degeneracy_report(heat_report_seed1, dirs[1])
+    out_dir = tmp_path / "merged"
+    assert main(["degeneracy-merge", str(dirs[0]), str(dirs[1] / "report.json"),
+                 "--run_dir", str(out_dir)]) == 0  # fmt: skip
+    assert "merged report over seeds [0, 1]" in capsys.readouterr().out
+    doc = json.loads((out_dir / "report.json").read_text())
+    assert doc["seeds"] == [0, 1] and len(doc["runs"]) == 8
+    assert "Seeds: 0, 1." in (out_dir / "report.md").read_text()
+    assert main(["degeneracy-merge", str(dirs[0]), str(tmp_path / "nowhere"),
+                 "--run_dir", str(out_dir)]) == 1  # fmt: skip
+    assert "no degeneracy report at" in capsys.readouterr().err
+    assert main(["degeneracy-merge", str(dirs[0]), str(dirs[0])]) == 1
+    assert "--run_dir DIR is required" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_merged_seeds_equal_the_seeds_run_together(heat_report, heat_report_seed1, tmp_path):
+    """Seeds run in separate processes and merged give the report of one run over both seeds:
+    each seed's training, patches and chains depend on the seed alone."""
+    first, _ = heat_report
+    config = _small_heat_config()
+    config["llc"].update(localization=first["localization"], noise_std=first["noise_std"])
+    config["seeds"] = [0, 1]
+    together = _stored(run_degeneracy(config, o2_group(), tmp_path))
+    merged = merge_degeneracy_reports([_stored(first), _stored(heat_report_seed1)])
+    for key, entry in together["summary"].items():
+        assert merged["summary"][key]["llc"]["values"] == pytest.approx(
+            entry["llc"]["values"], rel=1e-6
+        )
+        assert merged["summary"][key]["train_nll"]["values"] == pytest.approx(
+            entry["train_nll"]["values"], rel=1e-6
+        )
+    for name, s in together["susceptibility"].items():
+        assert merged["susceptibility"][name]["delta"] == pytest.approx(s["delta"], rel=1e-6)
+        assert merged["susceptibility"][name]["delta_step0"] == pytest.approx(
+            s["delta_step0"], rel=1e-6
+        )
