@@ -1164,6 +1164,15 @@ def run_degeneracy(
             f"localization gamma = {llc_opts['localization']:.4g} (most negative Hessian "
             f"eigenvalue {-worst:.4g}, n_beta {n_beta:.4g})"
         )
+    else:
+        worst = max(0.0, -min(t["hessian_min_eigenvalue"] for t in trained))
+        if n_beta * worst > llc_opts["localization"]:
+            say(
+                f"warning: localization gamma = {llc_opts['localization']:.4g} is below n_beta "
+                f"|lambda_min| = {n_beta * worst:.4g}: the localised posterior is improper "
+                "along that direction and chains can drift away; auto would take "
+                f"{max(1.0, 2.0 * n_beta * worst):.4g}"
+            )
 
     runs: list[dict[str, Any]] = []
     for t in trained:
@@ -1529,7 +1538,9 @@ def _reading(report: dict[str, Any]) -> str:
         f"{summ['symmetric/baseline']['llc']['mean']:.2f} on the symmetric data."
     )
     healthy = [k for k, e in summ.items() if e["healthy"]]
-    worst = min(e["hessian_min_eigenvalue"]["mean"] for e in summ.values())
+    worst = min(r["hessian_min_eigenvalue"] for r in report["runs"])
+    n_beta = report["runs"][0]["llc"]["n_beta"]
+    improper = n_beta * max(0.0, -worst) > report["localization"]
     lines.append(
         f"Sampler health: {len(healthy)} of {len(summ)} LLC estimates pass the health check"
         + (
@@ -1537,8 +1548,15 @@ def _reading(report: dict[str, Any]) -> str:
             if healthy != list(summ)
             else ""
         )
-        + f"; the most negative Hessian eigenvalue at w* is {worst:.3g}, so the localisation is "
-        f"gamma = {report['localization']:.3g}."
+        + f"; the most negative Hessian eigenvalue at w* is {worst:.3g} and the localisation "
+        f"gamma = {report['localization']:.3g}"
+        + (
+            f", below n_beta |lambda_min| = {n_beta * -worst:.3g}: the localised posterior is "
+            "improper along that direction, so chains can drift and the LLCs are not "
+            "trustworthy; raise llc.localization (auto takes twice that)."
+            if improper
+            else "."
+        )
     )
     lines += _step_reading(summ)
     for name in ("baseline", "equivariant"):

@@ -778,3 +778,18 @@ def test_merged_seeds_equal_the_seeds_run_together(heat_report, heat_report_seed
         assert merged["susceptibility"][name]["delta_step0"] == pytest.approx(
             s["delta_step0"], rel=1e-6
         )
+
+
+def test_reading_flags_a_localisation_below_the_negative_curvature(heat_report):
+    report = _stored(heat_report[0])
+    worst = min(r["hessian_min_eigenvalue"] for r in report["runs"])
+    n_beta = report["runs"][0]["llc"]["n_beta"]
+    assert worst < 0 and report["localization"] >= 2 * n_beta * -worst  # auto's choice
+    assert "improper" not in report["reading"]
+    gamma = 0.5 * n_beta * -worst
+    for run in report["runs"]:
+        run["llc"]["localization"] = gamma
+    low = merge_degeneracy_reports([{**report, "localization": gamma}])
+    assert low["localization"] == gamma
+    assert f"below n_beta |lambda_min| = {n_beta * -worst:.3g}" in low["reading"]
+    assert "the localised posterior is improper" in low["reading"]
