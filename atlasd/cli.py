@@ -308,7 +308,8 @@ def _cmd_degeneracy(cfg) -> int:
 
     group = _load_report_group(cfg)
     run_dir = check_writable(Path(cfg.run_dir or f"runs/{cfg.task}-degeneracy"))
-    from atlasd.downstream.degeneracy import run_degeneracy, write_degeneracy_report
+    from atlasd.downstream.degeneracy import run_degeneracy
+    from atlasd.downstream.degeneracy_report import write_degeneracy_report
 
     config = _report_config(cfg, ("data", "broken", "samples", "models", "training", "llc"))
     config["seeds"] = list(cfg.seeds)
@@ -337,7 +338,10 @@ def _cmd_degeneracy_merge(cfg) -> int:
     if missing:
         raise FileNotFoundError(f"no degeneracy report at {', '.join(missing)}")
     run_dir = check_writable(Path(cfg.run_dir))
-    from atlasd.downstream.degeneracy import merge_degeneracy_reports, write_degeneracy_report
+    from atlasd.downstream.degeneracy_report import (
+        merge_degeneracy_reports,
+        write_degeneracy_report,
+    )
 
     report = merge_degeneracy_reports([json.loads(p.read_text()) for p in paths])
     write_degeneracy_report(report, run_dir)

@@ -39,6 +39,7 @@ __all__ = [
     "FlatModel",
     "JacobianSpectrum",
     "effective_dimension",
+    "effective_weight",
     "functional_dimension",
     "gauss_newton_matrix",
     "gauss_newton_probe",
@@ -482,6 +483,21 @@ def effective_dimension(eigenvalues: Tensor, n_beta: float, localization: float)
     if gamma == 0:
         return float((a > 0).sum())
     return float((a / (a + gamma)).sum())
+
+
+def effective_weight(curvature: float, n_beta: float, gamma: float) -> float:
+    """``n_beta c / (n_beta c + gamma)``: the share of one direction of curvature ``c`` (of
+    ``L_n``, per unit length) in the effective dimension at localisation ``gamma``; on a
+    quadratic basin the LLC counts half of it. A symmetry that flattens the direction can
+    lower the LLC by at most half the weight the direction has without the symmetry.
+
+    Raises:
+        ValueError: ``n_beta`` not positive or ``gamma`` negative.
+    """
+    if not n_beta > 0 or not gamma >= 0:
+        raise ValueError(f"need n_beta > 0 and gamma >= 0, got {n_beta} and {gamma}")
+    c = max(float(curvature), 0.0)
+    return n_beta * c / (n_beta * c + gamma) if n_beta * c + gamma > 0 else 0.0
 
 
 def llc_rank_bounds(rank: int, n_parameters: int) -> tuple[float, float]:

@@ -21,10 +21,9 @@ from atlasd.downstream.degeneracy import (
     control_generators,
     conv_rotation_tangent,
     gaussian_nll,
-    merge_degeneracy_reports,
     run_degeneracy,
-    write_degeneracy_report,
 )
+from atlasd.downstream.degeneracy_report import merge_degeneracy_reports, write_degeneracy_report
 from atlasd.downstream.ranks import gauss_newton_matrix, hessian_vector_product, loss_hessian
 from atlasd.group import DiscoveredGroup
 from atlasd.io import json_safe
@@ -466,7 +465,7 @@ def test_direction_curvatures_are_the_exact_quadratic_forms():
 
 
 def _ratio_summary(sym: list[float], brk: list[float]) -> dict:
-    from atlasd.downstream.degeneracy import _stats
+    from atlasd.downstream.degeneracy_report import _stats
 
     def entry(values):
         return {
@@ -513,7 +512,7 @@ def test_control_reading_states_what_the_ratios_show(sym, brk, verdict, special)
     """The reading's sentence follows the numbers: resolved only when the 95% interval of the
     per-seed paired ratio excludes 1, with the direction of the change, and whether the
     symmetry's direction beats the shears."""
-    from atlasd.downstream.degeneracy import _control_reading
+    from atlasd.downstream.degeneracy_report import _control_reading
 
     (line,) = _control_reading(_ratio_summary(sym, brk))
     assert verdict in line and special in line
@@ -525,7 +524,7 @@ def test_control_reading_states_what_the_ratios_show(sym, brk, verdict, special)
 def test_flattest_control_ratio_uses_the_least_curved_shear_per_run():
     """One shear far stiffer than the other dominates the mean; the conservative ratio divides
     by the smaller one, per run, and skips runs without the direction."""
-    from atlasd.downstream.degeneracy import _flattest_control_stats
+    from atlasd.downstream.degeneracy_report import _flattest_control_stats
 
     def run(sym, controls, available=True):
         return {
@@ -543,7 +542,7 @@ def test_flattest_control_ratio_uses_the_least_curved_shear_per_run():
 def test_paired_log_ratio_is_students_interval_on_the_log_ratios():
     from scipy.stats import t as student_t
 
-    from atlasd.downstream.degeneracy import paired_log_ratio
+    from atlasd.downstream.degeneracy_report import paired_log_ratio
 
     out = paired_log_ratio([2.0, 8.0], [1.0, 2.0])
     logs = [math.log(2.0), math.log(4.0)]
@@ -574,35 +573,6 @@ def test_chart_samples_take_the_class_count_from_the_datamodule():
     assert none is None
 
 
-@given(
-    c=st.floats(0, 1e8, allow_nan=False),
-    n_beta=st.floats(1e-3, 1e5),
-    gamma=st.floats(0, 1e8, allow_nan=False),
-)
-def test_effective_weight_is_the_directions_share_of_the_effective_dimension(c, n_beta, gamma):
-    """For an eigenvector of G with eigenvalue c the weight is exactly its term of
-    effective_dimension; it lies in [0, 1] and grows with the curvature."""
-    from atlasd.downstream.degeneracy import effective_weight
-    from atlasd.downstream.ranks import effective_dimension
-
-    w = effective_weight(c, n_beta, gamma)
-    assert 0 <= w <= 1
-    if gamma > 0:
-        mu = torch.tensor([c], dtype=torch.float64)
-        assert w == pytest.approx(effective_dimension(mu, n_beta, gamma), rel=1e-9, abs=1e-12)
-        assert effective_weight(2 * c + 1, n_beta, gamma) >= w
-    assert effective_weight(-1.0, n_beta, gamma) == 0.0
-
-
-def test_effective_weight_rejects_bad_settings():
-    from atlasd.downstream.degeneracy import effective_weight
-
-    with pytest.raises(ValueError, match="n_beta > 0 and gamma >= 0"):
-        effective_weight(1.0, 0.0, 1.0)
-    with pytest.raises(ValueError, match="n_beta > 0 and gamma >= 0"):
-        effective_weight(1.0, 1.0, -1.0)
-
-
 @pytest.mark.parametrize(
     ("attainable", "stderr", "verdict"),
     [
@@ -612,7 +582,7 @@ def test_effective_weight_rejects_bad_settings():
     ],
 )
 def test_attainable_reading_says_whether_the_llc_can_see_the_symmetry(attainable, stderr, verdict):
-    from atlasd.downstream.degeneracy import _attainable_reading
+    from atlasd.downstream.degeneracy_report import _attainable_reading
 
     line = _attainable_reading(
         {"attainable_drop": attainable, "quadratic_drop": 0.5 * attainable, "stderr": stderr},
@@ -631,7 +601,8 @@ def test_attainable_reading_says_whether_the_llc_can_see_the_symmetry(attainable
 def test_best_gamma_drop_is_the_maximum_over_gamma(cs, cb, n_beta):
     """The closed form equals a brute-force maximum of (w(c_b) - w(c_s)) / 2 over a fine log
     grid of gamma, and no grid point exceeds it."""
-    from atlasd.downstream.degeneracy import _best_gamma_drop, effective_weight
+    from atlasd.downstream.degeneracy_report import _best_gamma_drop
+    from atlasd.downstream.ranks import effective_weight
 
     def run(c):
         return {"symmetry_directions": [{"available": True, "curvature": c}]}

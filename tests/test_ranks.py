@@ -304,3 +304,31 @@ def test_hessian_vector_product_names_a_wrong_vector_shape():
     y = torch.zeros(4, 1, 3, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"v must have shape \(10,\)"):
         hessian_vector_product(model, gaussian_nll(1.0), x, y, torch.zeros(9))
+
+
+@given(
+    c=st.floats(0, 1e8, allow_nan=False),
+    n_beta=st.floats(1e-3, 1e5),
+    gamma=st.floats(0, 1e8, allow_nan=False),
+)
+def test_effective_weight_is_the_directions_share_of_the_effective_dimension(c, n_beta, gamma):
+    """For an eigenvector of G with eigenvalue c the weight is exactly its term of
+    effective_dimension; it lies in [0, 1] and grows with the curvature."""
+    from atlasd.downstream.ranks import effective_dimension, effective_weight
+
+    w = effective_weight(c, n_beta, gamma)
+    assert 0 <= w <= 1
+    if gamma > 0:
+        mu = torch.tensor([c], dtype=torch.float64)
+        assert w == pytest.approx(effective_dimension(mu, n_beta, gamma), rel=1e-9, abs=1e-12)
+        assert effective_weight(2 * c + 1, n_beta, gamma) >= w
+    assert effective_weight(-1.0, n_beta, gamma) == 0.0
+
+
+def test_effective_weight_rejects_bad_settings():
+    from atlasd.downstream.ranks import effective_weight
+
+    with pytest.raises(ValueError, match="n_beta > 0 and gamma >= 0"):
+        effective_weight(1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="n_beta > 0 and gamma >= 0"):
+        effective_weight(1.0, 1.0, -1.0)
