@@ -135,9 +135,10 @@ symmetry can lower the LLC by at most half the weight its directions have on the
 (``attainable_drop``), the measured curvatures on both data versions give the quadratic estimate
 ``quadratic_drop``, and ``best_gamma_drop`` is the largest drop those curvatures allow at any
 ``gamma``. Measured on digits (seeds 0-3): the rotation direction of the unconstrained stack
-has ``n_beta c`` of 7-47 against ``gamma`` = 206-241, so the symmetry could lower the LLC by at
-most 0.044 there, and by at most 0.062 at any ``gamma``, since rotated digits flatten the
-direction only 1.6x.
+has ``n_beta c`` of 7-47 against ``gamma`` = 241, so the symmetry could lower the LLC by at
+most 0.042 there, and by at most 0.060 at any ``gamma``, since rotated digits flatten the
+direction only 1.6x; the measured ``Delta lambda`` extrapolated to step 0 (+8.9 +- 4.9 over the
+four seeds) follows half the change of the effective dimension (+8.4 +- 3.4) instead.
 
 Outputs: :func:`run_degeneracy` returns the report (summary, table and reading by
 :mod:`atlasd.downstream.degeneracy_report`), whose :func:`write_degeneracy_report` writes

@@ -110,6 +110,7 @@ def _step_check_stats(runs: list[dict]) -> dict[str, Any]:
         return {
             "step_checked": 0,
             "step_dependent": 0,
+            "step_check_unhealthy": 0,
             "llc_fine_step": None,
             "llc_extrapolated": None,
             "extrapolated_stderr": None,
@@ -118,6 +119,7 @@ def _step_check_stats(runs: list[dict]) -> dict[str, Any]:
     return {
         "step_checked": len(checks),
         "step_dependent": sum(bool(c["dependent"]) for c in checks),
+        "step_check_unhealthy": sum(not c.get("healthy", True) for c in checks),
         "llc_fine_step": _stats([c["mean"] for c in checks]),
         "llc_extrapolated": _stats([c["extrapolated"] for c in checks]),
         "extrapolated_stderr": statistics.fmean(c["extrapolated_stderr"] for c in checks),
@@ -505,13 +507,26 @@ def _step_reading(summ: dict[str, Any]) -> list[str]:
         return []
     moved = {k: e for k, e in checked.items() if e["step_dependent"]}
     step = next(iter(checked.values()))["fine_step"]
+    unhealthy = [k for k, e in checked.items() if e.get("step_check_unhealthy")]
+    health = (
+        [
+            "The step check's own estimates failed the health check in "
+            + ", ".join(f"{k} ({checked[k]['step_check_unhealthy']} run(s))" for k in unhealthy)
+            + ": read their extrapolations with that."
+        ]
+        if unhealthy
+        else []
+    )
     if not moved:
         return [
             f"Step check: no LLC estimate moved by more than 2 stderr when the step was lowered "
-            f"to {step:.3g}, so the sampler's step bias is below the estimates' noise."
+            f"to {step:.3g}, so the sampler's step bias is below the estimates' noise.",
+            *health,
         ]
+    n_moved = sum(e["step_dependent"] for e in checked.values())
+    n_checked = sum(e["step_checked"] for e in checked.values())
     return [
-        f"Step check: {len(moved)} of {len(checked)} LLC estimates moved by more than 2 stderr "
+        f"Step check: {n_moved} of {n_checked} LLC estimates moved by more than 2 stderr "
         f"at step {step:.3g} ("
         + "; ".join(
             f"{k}: {_pm(e['llc'])} -> {_pm(e['llc_fine_step'])}, extrapolated to step 0 "
@@ -520,7 +535,8 @@ def _step_reading(summ: dict[str, Any]) -> list[str]:
         )
         + "): those values carry a step bias (discretisation, or minibatch gradient noise "
         "heating the chains), so compare them only at equal settings, and lower llc.step or "
-        "raise llc.batch_size for values to quote."
+        "raise llc.batch_size for values to quote.",
+        *health,
     ]
 
 

@@ -764,3 +764,16 @@ def test_reading_flags_a_localisation_below_the_negative_curvature(heat_report):
     assert low["localization"] == gamma
     assert f"below n_beta |lambda_min| = {n_beta * -worst:.3g}" in low["reading"]
     assert "the localised posterior is improper" in low["reading"]
+
+
+def test_reading_counts_step_checks_that_failed_their_health_check(heat_report):
+    report = _stored(heat_report[0])
+    assert "The step check's own estimates failed" not in report["reading"]
+    run = next(r for r in report["runs"] if r["data"] == "broken" and r["model"] == "baseline")
+    run["llc"]["step_check"]["healthy"] = False
+    merged = merge_degeneracy_reports([report])
+    assert merged["summary"]["broken/baseline"]["step_check_unhealthy"] == 1
+    assert merged["summary"]["symmetric/baseline"]["step_check_unhealthy"] == 0
+    assert "failed the health check in broken/baseline (1 run(s))" in merged["reading"]
+    moved = sum(e["step_dependent"] for e in merged["summary"].values())
+    assert f"Step check: {moved} of 4 LLC estimates" in merged["reading"] or moved == 0
