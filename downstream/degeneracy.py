@@ -1139,24 +1139,22 @@ def run_degeneracy(
         (x, y), _ = t["split"]
         m, xc, yc = _in_dtype(t["module"], x, y, cfg["llc"]["hessian_dtype"])
         t["hessian_min_eigenvalue"] = hessian_extreme_eigenvalue(m, nll, xc, yc)
+    # the localised posterior is proper only if gamma outweighs n_beta times the most negative
+    # Hessian eigenvalue; one gamma for every model keeps their LLCs comparable
+    worst = max(0.0, -min(t["hessian_min_eigenvalue"] for t in trained))
+    auto_gamma = max(1.0, 2.0 * n_beta * worst)
     if llc_opts["localization"] == "auto":
-        # the localised posterior is proper only if gamma outweighs n_beta times the most
-        # negative Hessian eigenvalue; one gamma for every model keeps their LLCs comparable
-        worst = max(0.0, -min(t["hessian_min_eigenvalue"] for t in trained))
-        llc_opts["localization"] = max(1.0, 2.0 * n_beta * worst)
+        llc_opts["localization"] = auto_gamma
         say(
-            f"localization gamma = {llc_opts['localization']:.4g} (most negative Hessian "
-            f"eigenvalue {-worst:.4g}, n_beta {n_beta:.4g})"
+            f"localization gamma = {auto_gamma:.4g} (most negative Hessian eigenvalue "
+            f"{-worst:.4g}, n_beta {n_beta:.4g})"
         )
-    else:
-        worst = max(0.0, -min(t["hessian_min_eigenvalue"] for t in trained))
-        if n_beta * worst > llc_opts["localization"]:
-            say(
-                f"warning: localization gamma = {llc_opts['localization']:.4g} is below n_beta "
-                f"|lambda_min| = {n_beta * worst:.4g}: the localised posterior is improper "
-                "along that direction and chains can drift away; auto would take "
-                f"{max(1.0, 2.0 * n_beta * worst):.4g}"
-            )
+    elif n_beta * worst > llc_opts["localization"]:
+        say(
+            f"warning: localization gamma = {llc_opts['localization']:.4g} is below n_beta "
+            f"|lambda_min| = {n_beta * worst:.4g}: the localised posterior is improper along "
+            f"that direction and chains can drift away; auto would take {auto_gamma:.4g}"
+        )
 
     runs: list[dict[str, Any]] = []
     for t in trained:

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from atlasd.downstream.ranks import effective_weight
 from atlasd.io import json_safe, write_atomic, write_json_atomic
 
 __all__ = [
@@ -718,8 +717,7 @@ def merge_degeneracy_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any
     in separate processes or on separate machines), summarised by the current code.
 
     The runs are taken as stored; the summary, susceptibility (paired over all seeds), table
-    and reading are recomputed. Runs stored before a figure existed get it where it can be
-    derived exactly (a direction's effective weight from its curvature, ``n_beta`` and gamma).
+    and reading are recomputed.
 
     Args:
         reports: ``report.json`` contents written by :func:`write_degeneracy_report` (one or
@@ -786,15 +784,7 @@ def merge_degeneracy_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any
                 raise ValueError(f"seed {seed} is in report {seen[seed]} and in report {i}")
             seen[seed] = i
 
-    gamma = float(first["localization"])
     runs = [copy.deepcopy(run) for r in reports for run in r["runs"]]
-    for run in runs:
-        run["llc"].setdefault("step_check", None)
-        for d in (*run["symmetry_directions"], *run.get("control_directions", [])):
-            if d["available"] and d.get("effective_weight") is None:
-                d["effective_weight"] = effective_weight(
-                    d["curvature"], run["llc"]["n_beta"], gamma
-                )
     seeds = sorted(seen)
     runs.sort(key=lambda run: seeds.index(run["seed"]))
     report = summarise_degeneracy(
