@@ -336,21 +336,42 @@ def _blur_task(n: int, k: int, r_in: int, r_out: int, seed: int = 0):
     return x, y[..., d : s - 2 - d, d : s - 2 - d].contiguous()
 
 
-def test_train_predictors_learns_is_deterministic_and_freezes(tmp_path):
+# Trained to convergence (early stopping well inside max_epochs), then bounded with a margin of
+# over 2x above what seeds 0-2 reach (per-chart ratios to the zero predictor of 0.10-0.14 after
+# 34-48 epochs on 2026-12-04): "learns" means far below the zero predictor (1.0), not a value
+# that a library release can flip.
+_BLUR_FIT = {"lr": 1e-2, "batch_size": 16, "max_epochs": 80, "patience": 8}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_train_predictors_learns_to_convergence(tmp_path, seed):
+    x, y = _blur_task(128, 3, 6, 2, seed=seed)
+    torch.manual_seed(seed)
+    model = ChartCNN.for_radii(3, 1, 1, 6, 2)
+    metrics = train_predictors(model, x, y, run_dir=tmp_path, seed=seed, **_BLUR_FIT)
+    zeros = y.abs().mean().item()  # L1 loss of predicting zeros (~0.27)
+    ratios = [v / zeros for v in metrics["val_loss_per_chart"]]
+    assert metrics["epochs"] < _BLUR_FIT["max_epochs"], "stopped on the cap, not on a plateau"
+    assert metrics["val_loss"] < 0.3 * zeros, ratios
+    assert max(ratios) < 0.35, ratios
+    assert metrics["train_loss"] < 0.4 * zeros  # train mode: BatchNorm on batch statistics
+    ev = evaluate_predictor(model, x, y, loss="l1", batch_size=50)
+    assert ev["loss"] < 0.3 * zeros
+
+
+def test_train_predictors_is_deterministic_and_freezes(tmp_path):
     x, y = _blur_task(128, 3, 6, 2)
-    kw = {"lr": 1e-2, "batch_size": 16, "max_epochs": 20, "patience": 5, "seed": 0}
+    kw = {"lr": 1e-2, "batch_size": 16, "max_epochs": 6, "patience": 5, "seed": 0}
 
     torch.manual_seed(0)
     model = ChartCNN.for_radii(3, 1, 1, 6, 2)
     metrics = train_predictors(model, x, y, run_dir=tmp_path, **kw)
 
-    zeros = y.abs().mean().item()  # L1 loss of predicting zeros (~0.27)
-    assert metrics["val_loss"] < 0.2 * zeros
+    zeros = y.abs().mean().item()
+    assert metrics["val_loss"] < 0.6 * zeros  # six epochs already learn; the bound is loose
     assert len(metrics["val_loss_per_chart"]) == 3
-    assert max(metrics["val_loss_per_chart"]) < 0.25 * zeros
     assert sum(metrics["val_loss_per_chart"]) / 3 == pytest.approx(metrics["val_loss"], rel=1e-5)
-    assert 1 <= metrics["best_epoch"] + 1 <= metrics["epochs"] <= 20
-    assert metrics["train_loss"] < 0.3 * zeros
+    assert 1 <= metrics["best_epoch"] + 1 <= metrics["epochs"] <= 6
     assert metrics["samples_per_s"] > 0 and metrics["wall_time_s"] > 0
     assert (metrics["n_train"], metrics["n_val"]) == (115, 13)
 
@@ -370,10 +391,6 @@ def test_train_predictors_learns_is_deterministic_and_freezes(tmp_path):
     model(torch.randn(4, 3, 1, 13, 13) * 5)
     after = [m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.equal(a, b) for a, b in zip(running, after, strict=True))
-    ev = evaluate_predictor(model, x, y, loss="l1", batch_size=50)
-    # all samples, mostly training ones: the per-chart bound (0.2 sat at the edge: a fresh
-    # install on 2026-12-01 gave 0.2013, deterministically; the cause was not tracked down)
-    assert ev["loss"] < 0.25 * zeros
 
     torch.manual_seed(0)
     again = ChartCNN.for_radii(3, 1, 1, 6, 2)
