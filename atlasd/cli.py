@@ -1,11 +1,16 @@
 """The ``atlasd`` console script: the one place that wires the stages together.
 
-Every subcommand takes ``--config FILE.yaml`` and ``--print_config`` (jsonargparse), so a run is
-reproducible from its config. Failures exit non-zero with a one-line reason on stderr.
+Every subcommand takes ``--config FILE.yaml`` (or the name of a bundled config: ``--config heat``)
+and ``--print_config`` (jsonargparse), so a run is reproducible from its config. Failures exit
+non-zero with a one-line reason on stderr.
 
-    atlasd discover --config configs/heat.yaml [--seed N] [--seeds [0,1,2]] [--run_dir DIR]
+    atlasd discover --config heat [--seed N] [--seeds [0,1,2]] [--run_dir DIR] [--trainer.X V]
     atlasd show  DIR/group.json [--plot PATH]     print a group's summary and write its plot
+    atlasd configs                                list the bundled configs
     atlasd check [--seed N]                       measure the geometry conventions here
+
+Start-up is kept light (``atlasd --help`` well under a second and a half): this module imports
+only jsonargparse; torch, Lightning and the stages load when a command needs them.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "bundled_configs", "main", "trainer_options"]
 
 
 def _subparser(description: str) -> ArgumentParser:
@@ -92,7 +98,7 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="resume the stage this Lightning checkpoint belongs to (predictors or basis)",
     )
-    _add_trainer_arguments(disc)
+    _add_trainer_section(disc)
     sub.add_subcommand("discover", disc, help="run discovery on a task and save the group")
 
     down = _subparser(
@@ -110,6 +116,7 @@ def build_parser() -> ArgumentParser:
     )
     down.add_argument("--logger", type=str, default="wandb", help="'wandb' or 'none'")
     down.add_argument("--wandb_project", type=str, default="atlasd")
+    _add_trainer_section(down)
     sub.add_subcommand("downstream", down, help="compare a baseline with a group-built model")
 
     deg = _subparser(
@@ -133,6 +140,7 @@ def build_parser() -> ArgumentParser:
     )
     deg.add_argument("--logger", type=str, default="wandb", help="'wandb' or 'none'")
     deg.add_argument("--wandb_project", type=str, default="atlasd")
+    _add_trainer_section(deg)
     sub.add_subcommand("degeneracy", deg, help="measure the degeneracy a discovered group predicts")
 
     merge = _subparser(
@@ -157,6 +165,9 @@ def build_parser() -> ArgumentParser:
     show.add_argument("--no_plot", type=bool, default=False, help="only print the summary")
     show.add_argument("--json", type=bool, default=False, help="print the file's JSON instead")
     sub.add_subcommand("show", show, help="print and plot a discovered group")
+
+    listing = _subparser("List the configs that ship with atlasd (usable as --config NAME).")
+    sub.add_subcommand("configs", listing, help="list the bundled configs")
 
     check = _subparser("Measure the geometry conventions (rot90, composition, centre) here.")
     check.add_argument("--seed", type=int, default=0)
@@ -186,27 +197,100 @@ def _add_model_arguments(parser: ArgumentParser) -> None:
     )
 
 
-def _add_trainer_arguments(parser: ArgumentParser) -> None:
-    """Every Lightning Trainer option as --trainer.NAME, passed to each stage's Trainer."""
+def _add_trainer_section(parser: ArgumentParser) -> None:
+    # A mapping here, typed against lightning.Trainer's signature only when a command runs
+    # (trainer_options): building the typed section imports Lightning, which alone costs several
+    # seconds, and --help / --print_config must not.
+    parser.add_argument(
+        "--trainer",
+        type=dict,
+        default={},
+        help="lightning.Trainer options for every stage's Trainer, e.g. --trainer.accelerator gpu "
+        "--trainer.devices 2 --trainer.strategy ddp (checked against lightning.Trainer's "
+        "signature when the command runs; logger, callbacks and checkpointing are atlasd's)",
+    )
+
+
+def trainer_options(given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``--trainer.*`` options of a command, typed by ``lightning.Trainer``'s signature.
+
+    Values given on the command line arrive as strings and are parsed by jsonargparse against
+    the Trainer's annotations; only the options given are returned (Lightning's defaults stay
+    Lightning's). Raises UsageError naming an unknown or mistyped option.
+    """
+    given = dict(given or {})
+    if not given:
+        return {}
     import lightning
 
-    parser.add_class_arguments(lightning.Trainer, "trainer", skip=_TRAINER_SKIP)
-
-
-def _trainer_overrides(given) -> dict:
-    """The --trainer.* options the user changed from Lightning's defaults."""
-    import inspect
-
-    import lightning
-
-    params = inspect.signature(lightning.Trainer.__init__).parameters
-    return {k: v for k, v in vars(given).items() if k in params and v != params[k].default}
+    typed = ArgumentParser(exit_on_error=False)
+    typed.add_class_arguments(lightning.Trainer, "trainer", skip=_TRAINER_SKIP)
+    argv = [
+        f"--trainer.{key}={value if isinstance(value, str) else json.dumps(value)}"
+        for key, value in given.items()
+    ]
+    try:
+        parsed = typed.parse_args(argv)
+    except (argparse.ArgumentError, ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"invalid arguments: {_one_line(exc)}") from exc
+    return {key: parsed.trainer[key] for key in given}
 
 
 def _version() -> str:
     from atlasd import __version__
 
     return f"atlasd {__version__}"
+
+
+def bundled_configs() -> dict[str, Path]:
+    """The configs that ship with atlasd: ``{name: path}``, name = file name without .yaml."""
+    from importlib.resources import files
+
+    folder = Path(str(files("atlasd.configs")))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def _config_description(path: Path) -> str:
+    """The first comment line of a config: what it runs."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def _cmd_configs(cfg) -> int:
+    configs = bundled_configs()
+    width = max(map(len, configs), default=0)
+    for name, path in configs.items():
+        print(f"{name:<{width}}  {_config_description(path)}")
+    print(f"\n(in {next(iter(configs.values())).parent}; use as --config NAME)", file=sys.stderr)
+    return 0
+
+
+def _resolve_config_names(argv: list[str]) -> list[str]:
+    """``--config NAME`` (no such file, no folder in it) becomes the bundled config of that name,
+    so that ``atlasd discover --config heat`` works from any folder."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            j, value = i + 1, out[i + 1]
+        elif arg.startswith("--config="):
+            j, value = i, arg.split("=", 1)[1]
+        else:
+            continue
+        if Path(value).exists() or "/" in value or "\\" in value or value.startswith("{"):
+            continue  # a path (jsonargparse reports a missing one) or an inline config
+        configs = bundled_configs()
+        name = value.removesuffix(".yaml").removesuffix(".yml")
+        if name not in configs:
+            raise UsageError(
+                f"invalid arguments: no config file {value!r} here and no bundled config of "
+                f"that name; bundled configs: {', '.join(configs)}"
+            )
+        out[j] = str(configs[name]) if j == i + 1 else f"--config={configs[name]}"
+    return out
 
 
 def _cmd_show(cfg) -> int:
@@ -243,17 +327,24 @@ def _cmd_check(cfg) -> int:
     return 0 if ok else 1
 
 
-def _cmd_discover(cfg, trainer: dict) -> int:
+def _cmd_discover(cfg) -> int:
     import statistics
+    import time
 
     from atlasd.datasets import TASKS
     from atlasd.io import check_writable, is_global_zero, write_json_atomic
 
-    if cfg.task not in TASKS:
+    if cfg.task not in TASKS and "class_path" not in (cfg.data or {}):
         raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(sorted(TASKS))}")
     if cfg.progress not in ("auto", "bar", "lines", "none"):
         raise ValueError(f"--progress must be auto, bar, lines or none, got {cfg.progress!r}")
+    trainer = dict(cfg.trainer)  # typed by parse()
     run_dir = Path(cfg.run_dir or f"runs/{cfg.task}")
+    _check_creatable(run_dir)
+    # the data first: a bad file or option fails here and leaves no run folder behind
+    start = time.perf_counter()
+    dm = _load_datamodule(cfg)
+    data_time = time.perf_counter() - start
     check_writable(run_dir)
     seeds = cfg.seeds if cfg.seeds else [cfg.seed]
     progress = cfg.progress
@@ -262,7 +353,7 @@ def _cmd_discover(cfg, trainer: dict) -> int:
     results = []
     for seed in seeds:
         out = run_dir / f"seed_{seed}" if len(seeds) > 1 else run_dir
-        results.append(_discover_one(cfg, seed, out, trainer, progress))
+        results.append(_discover_one(cfg, dm, data_time, seed, out, trainer, progress))
     if len(seeds) > 1:
         sims = [r["similarity_to_truth"] for r in results if "similarity_to_truth" in r]
         summary = {"task": cfg.task, "seeds": seeds, "runs": results}
@@ -276,6 +367,27 @@ def _cmd_discover(cfg, trainer: dict) -> int:
         if is_global_zero():
             write_json_atomic(run_dir / "summary.json", summary)
     return 0
+
+
+def _check_creatable(folder: Path) -> None:
+    """Fail before any work when the output folder could not be made (its nearest existing
+    ancestor is not a writable folder), without creating anything yet."""
+    import os
+
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write to the output folder {folder}: {parent} is not writable")
+
+
+def _load_datamodule(cfg):
+    """The task's DataModule, set up (its tensors loaded and checked)."""
+    from atlasd.datasets import make_datamodule
+
+    dm = make_datamodule(cfg.task, **_coerce(cfg.data))
+    dm.setup()
+    return dm
 
 
 def _load_report_group(cfg):
@@ -371,19 +483,19 @@ def _cmd_downstream(cfg) -> int:
 
 def _log_report(cfg, report: dict, run_dir: Path) -> None:
     """A downstream or degeneracy report on a wandb dashboard: its table and headline numbers
-    (offline unless an API key is set; nothing when WANDB_MODE=disabled)."""
-    import os
+    (the mode follows atlasd.tracking.wandb_mode; nothing when it is disabled)."""
+    from atlasd.tracking import wandb_mode
 
-    if os.environ.get("WANDB_MODE") == "disabled":
+    mode = wandb_mode()
+    if mode == "disabled":
         return
     import wandb
 
-    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     run = wandb.init(
         project=cfg.wandb_project,
         name=f"{cfg.task}-report",
         dir=str(run_dir),
-        mode=os.environ.get("WANDB_MODE", mode),
+        mode=mode,
         config={k: v for k, v in report.get("config", {}).items()},
     )
     rows = [
@@ -420,22 +532,21 @@ def _log_report(cfg, report: dict, run_dir: Path) -> None:
 
 
 def _wandb_logger(cfg, run_dir: Path, seed: int):
-    """A Lightning WandbLogger writing under run_dir; offline unless an API key is configured
-    (runs sync later with `wandb sync`), None when disabled. Never waits on a network."""
-    import os
+    """A Lightning WandbLogger writing under run_dir, in the mode of atlasd.tracking.wandb_mode
+    (online when logged in, offline otherwise: runs sync later with `wandb sync`); None when
+    disabled or --logger none."""
+    from atlasd.tracking import wandb_mode
 
-    if cfg.logger == "none" or os.environ.get("WANDB_MODE") == "disabled":
+    mode = wandb_mode()
+    if cfg.logger == "none" or mode == "disabled":
         return None
-    if cfg.logger != "wandb":
-        raise ValueError(f"logger must be 'wandb' or 'none', got {cfg.logger!r}")
     from lightning.pytorch.loggers import WandbLogger
 
-    offline = os.environ.get("WANDB_MODE") == "offline" or not os.environ.get("WANDB_API_KEY")
     return WandbLogger(
         project=cfg.wandb_project,
         name=f"{cfg.task}-seed{seed}",
         save_dir=str(run_dir),
-        offline=offline,
+        offline=mode == "offline",
         config={
             "task": cfg.task,
             "seed": seed,
@@ -481,20 +592,19 @@ def _coerce(options: dict) -> dict:
     }
 
 
-def _discover_one(cfg, seed: int, run_dir: Path, trainer: dict, progress: bool) -> dict:
-    """One discovery run into run_dir: group.json, group.png, metrics.json, config.json."""
+def _discover_one(
+    cfg, dm, data_time: float, seed: int, run_dir: Path, trainer: dict, progress: str
+) -> dict:
+    """One discovery run of a set-up DataModule into run_dir: group.json, group.png,
+    metrics.json."""
     import time
 
     import atlasd
-    from atlasd.datasets import make_datamodule
     from atlasd.group import DiscoveredGroup
     from atlasd.io import is_global_zero, json_safe, write_json_atomic
 
-    start = time.perf_counter()
+    start = time.perf_counter() - data_time  # the total counts the (shared) data stage
     run_dir.mkdir(parents=True, exist_ok=True)
-    dm = make_datamodule(cfg.task, **_coerce(cfg.data))
-    dm.setup()
-    data_time = time.perf_counter() - start
     training = _coerce(cfg.discovery.training)
     training.setdefault("run_dir", str(run_dir))
     training["progress"] = progress
@@ -603,6 +713,7 @@ _COMMANDS = {
     "downstream": _cmd_downstream,
     "degeneracy": _cmd_degeneracy,
     "degeneracy-merge": _cmd_degeneracy_merge,
+    "configs": _cmd_configs,
 }
 
 
@@ -613,15 +724,15 @@ class UsageError(ValueError):
 def parse(argv: Sequence[str]):
     """Parse a command line (config files included) into a namespace; UsageError (a
     ValueError) names the problem for anything malformed, and nothing else escapes."""
+    argv = _resolve_config_names(list(argv))
     try:
-        cfg = build_parser().parse_args(list(argv))
+        cfg = build_parser().parse_args(argv)
     except (argparse.ArgumentError, ValueError, TypeError, KeyError) as exc:
         raise UsageError(f"invalid arguments: {_one_line(exc)}") from exc
     if cfg.command == "discover":
         sub = cfg.discover
-        for section in ("discovery", "trainer"):
-            if not isinstance(sub.get(section), Namespace):
-                raise UsageError(f"invalid arguments: {section} must be a mapping of options")
+        if not isinstance(sub.get("discovery"), Namespace):
+            raise UsageError("invalid arguments: discovery must be a mapping of options")
         # an empty YAML section (`data:`) reads as null: it means "no options"
         sub.data = sub.data or {}
         sub.discovery.training = sub.discovery.training or {}
@@ -629,6 +740,15 @@ def parse(argv: Sequence[str]):
             value = sub[key]
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise UsageError(f"invalid arguments: {key} must be {kind.__name__}, got {value!r}")
+    if cfg.command in ("discover", "downstream", "degeneracy"):
+        sub = cfg[cfg.command]
+        if sub.logger not in ("wandb", "none"):
+            raise UsageError(
+                f"invalid arguments: logger must be 'wandb' or 'none', got {sub.logger!r}"
+            )
+        if not isinstance(sub.trainer or {}, dict):
+            raise UsageError("invalid arguments: trainer must be a mapping of options")
+        sub.trainer = trainer_options(sub.trainer)
     return cfg
 
 
@@ -659,10 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(exc))
         return 2
     try:
-        sub = cfg[cfg.command]
-        if cfg.command == "discover":
-            return _cmd_discover(sub, _trainer_overrides(sub.trainer))
-        return _COMMANDS[cfg.command](sub)
+        return _COMMANDS[cfg.command](cfg[cfg.command])
     except (ValueError, OSError, KeyError, RuntimeError, FloatingPointError) as exc:
         _fail(_one_line(exc))
         return 1

@@ -353,7 +353,15 @@ class DiscoveredGroup:
                 ax.set_title(f"L{i} p and orbits exp(tL{i}) p0")
         path = Path(path)
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=110)
+        # a tight box: the colorbar spans the first row, and constrained layout alone clipped the
+        # orbit panel's y label at the left edge
+        fig.savefig(
+            buffer,
+            format=path.suffix.lstrip(".") or "png",
+            dpi=110,
+            bbox_inches="tight",
+            pad_inches=0.1,
+        )
         return write_atomic(path, buffer.getvalue())
 
 
