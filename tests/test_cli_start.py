@@ -110,7 +110,7 @@ def test_bundled_configs_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("command", ["discover", "downstream", "degeneracy"])
 def test_trainer_options_on_every_training_command(command):
     argv = [command, "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu"]
-    cfg = parse(argv + ["--trainer.precision", "64-true"])
+    cfg = parse([*argv, "--trainer.precision", "64-true"])
     assert cfg[command].trainer == {"max_epochs": 3, "accelerator": "cpu", "precision": "64-true"}
     with pytest.raises(UsageError, match='Parser key "trainer.max_epochs"'):
         parse([command, "--trainer.max_epochs", "many"])
