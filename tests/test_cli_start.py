@@ -45,13 +45,7 @@ def _heavy_modules_after(code: str) -> list[str]:
 )
 def test_start_up_imports_no_torch_lightning_or_wandb(argv):
     # the start-up cost is the imports: torch alone takes about 1.5 s here, Lightning 5 s
-    code = (
-        "from atlasd.cli import main\n"
-        "try:\n"
-        f"    main({argv!r})\n"
-        "except SystemExit:\n"
-        "    pass\n"
-    )
+    code = f"from atlasd.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
     assert _heavy_modules_after(code) == []
 
 
