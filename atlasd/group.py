@@ -20,9 +20,6 @@ File format ``atlasd.group/1`` (JSON, never pickle; see the README for the full 
 
 from __future__ import annotations
 
-import io
-import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,28 +27,22 @@ from typing import Any
 
 import torch
 
-from atlasd import lie
-from atlasd.io import write_atomic, write_json_atomic
+from atlasd import group_file, lie
+from atlasd.group_file import FORMAT, enumerate_2d
+from atlasd.io import write_json_atomic
 
 __all__ = ["FORMAT", "DiscoveredGroup", "load_group", "render_generators"]
 
-FORMAT = "atlasd.group/1"
 _F64 = torch.float64
 _DEFAULT_TOL = 1e-6
 
 
 def _as_matrices(x: Any, name: str, ndim: int = 3) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(x, dtype=_F64)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{name} is not a numeric array: {exc}") from None
-    if ndim == 3 and t.ndim == 2:
-        t = t.unsqueeze(0)
-    if t.ndim != ndim or t.shape[-1] != t.shape[-2]:
-        raise ValueError(f"{name} must have shape (n, d, d), got {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or Inf entries")
-    return t
+    return torch.from_numpy(group_file.check_matrices(x, name, ndim))
+
+
+def _tensor(a: Any) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(a)
 
 
 class DiscoveredGroup:
@@ -81,10 +72,8 @@ class DiscoveredGroup:
         *,
         standardize: bool = True,
     ) -> None:
-        raw = _as_matrices(algebra, "algebra")
-        if raw.shape[0] < 1:
-            raise ValueError("algebra has zero generators; a group needs at least one")
-        d = raw.shape[-1]
+        parts = group_file.check_parts(algebra, cosets, in_rep, out_rep, metadata)
+        raw = torch.from_numpy(parts.algebra)
         if standardize:
             std = lie.standard_form(raw)
             if std.shape[0] == 0:
@@ -94,36 +83,14 @@ class DiscoveredGroup:
         else:
             std, T = raw, None
         self.algebra: torch.Tensor = std
-
-        reps = {}
-        for name, rep in (("in_rep", in_rep), ("out_rep", out_rep)):
-            if rep is None:
-                reps[name] = None
-                continue
-            r = _as_matrices(rep, name)
-            if r.shape[0] != raw.shape[0]:
-                raise ValueError(
-                    f"{name} has {r.shape[0]} generators but the algebra has {raw.shape[0]}"
-                )
-            reps[name] = torch.einsum("ak,kij->aij", T, r) if T is not None else r
-        self.in_rep: torch.Tensor | None = reps["in_rep"]
-        self.out_rep: torch.Tensor | None = reps["out_rep"]
-
-        eye = torch.eye(d, dtype=_F64)
-        if cosets is None:
-            cosets = eye[None]
-        cs = _as_matrices(cosets, "cosets")
-        if cs.shape[-1] != d:
-            raise ValueError(f"cosets act on R^{cs.shape[-1]} but the algebra acts on R^{d}")
-        if cs.shape[0] < 1 or not torch.allclose(cs[0], eye, atol=1e-9):
-            raise ValueError("cosets must list the identity first")
-        self.cosets: torch.Tensor = cs
-        meta = dict(metadata or {})
-        try:
-            json.dumps(meta, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"metadata is not JSON-serialisable: {exc}") from None
-        self.metadata: dict[str, Any] = meta
+        reps = [
+            None if r is None else torch.einsum("ak,kij->aij", T, r) if T is not None else r
+            for r in (_tensor(parts.in_rep), _tensor(parts.out_rep))
+        ]
+        self.in_rep: torch.Tensor | None = reps[0]
+        self.out_rep: torch.Tensor | None = reps[1]
+        self.cosets: torch.Tensor = torch.from_numpy(parts.cosets)
+        self.metadata: dict[str, Any] = parts.metadata
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -200,6 +167,7 @@ class DiscoveredGroup:
             "n_components": self.n_components,
             "algebra": self.algebra.tolist(),
             "algebra_sparse": lie.sparse_form(self.algebra).tolist(),
+            "closure_residual": lie.closure_residual(self.algebra),
             "cosets": self.cosets.tolist(),
             "in_rep": None if self.in_rep is None else self.in_rep.tolist(),
             "out_rep": None if self.out_rep is None else self.out_rep.tolist(),
@@ -209,38 +177,15 @@ class DiscoveredGroup:
     @classmethod
     def from_dict(cls, doc: Any) -> DiscoveredGroup:
         """Inverse of :meth:`to_dict`; raises ValueError naming what is wrong."""
-        if not isinstance(doc, dict):
-            raise ValueError(f"group document must be a JSON object, got {type(doc).__name__}")
-        fmt = doc.get("format")
-        if fmt != FORMAT:
-            raise ValueError(f"unsupported group format {fmt!r}; expected {FORMAT!r}")
-        for key in ("algebra", "cosets"):
-            if key not in doc:
-                raise ValueError(f"group document has no {key!r} entry")
-        algebra = _as_matrices(doc["algebra"], "algebra")
-        for key, actual in (("dim", algebra.shape[0]), ("d", algebra.shape[-1])):
-            if key in doc and doc[key] != actual:
-                raise ValueError(f"{key!r} says {doc[key]} but the algebra has {key} = {actual}")
-        Q = algebra.flatten(1)
-        if Q.shape[0] and not torch.allclose(Q @ Q.T, torch.eye(Q.shape[0], dtype=_F64), atol=1e-8):
-            raise ValueError("algebra is not in standard form (orthonormal generators)")
-        metadata = doc.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise ValueError("metadata must be a JSON object")
-        group = cls(
-            algebra,
-            cosets=doc["cosets"],
-            in_rep=doc.get("in_rep"),
-            out_rep=doc.get("out_rep"),
-            metadata=metadata,
+        parts = group_file.parts_from_document(doc)
+        return cls(
+            parts.algebra,
+            cosets=parts.cosets,
+            in_rep=parts.in_rep,
+            out_rep=parts.out_rep,
+            metadata=parts.metadata,
             standardize=False,
         )
-        if "n_components" in doc and doc["n_components"] != group.n_components:
-            raise ValueError(
-                f"'n_components' says {doc['n_components']} but {group.n_components} cosets "
-                "are listed"
-            )
-        return group
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the group as JSON atomically (temp file in the same folder, then rename), so a
@@ -250,119 +195,38 @@ class DiscoveredGroup:
     @classmethod
     def load(cls, path: str | os.PathLike) -> DiscoveredGroup:
         """Read a group file; raises ValueError for a malformed or wrong-version file."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not a UTF-8 text file ({exc})") from None
-
-        def reject_constant(name: str) -> None:
-            raise ValueError(f"{name} is not a finite number")
-
-        try:
-            doc = json.loads(text, parse_constant=reject_constant)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: malformed JSON ({exc})") from None
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        doc = group_file.read_document(path)
         try:
             return cls.from_dict(doc)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
 
     # ---------------------------------------------------------------------------------------
-    def __repr__(self) -> str:
-        reps = [n for n, r in (("in", self.in_rep), ("out", self.out_rep)) if r is not None]
-        return (
-            f"DiscoveredGroup(dim={self.dim}, d={self.d}, n_components={self.n_components}"
-            + (f", reps={'+'.join(reps)}" if reps else "")
-            + ")"
+    def _parts(self) -> group_file.GroupParts:
+        def arr(t: torch.Tensor | None):
+            return None if t is None else t.numpy()
+
+        return group_file.GroupParts(
+            self.algebra.numpy(), self.cosets.numpy(), arr(self.in_rep), arr(self.out_rep), {}
         )
+
+    def __repr__(self) -> str:
+        return group_file.header(self._parts())
 
     def summary(self) -> str:
         """A readable multi-line description: generators (sparse form), closure, components."""
-
-        def fmt(M: torch.Tensor) -> list[str]:
-            return ["  [" + ", ".join(f"{v:+.3f}" for v in row) + "]" for row in M.tolist()]
-
-        lines = [repr(self)]
-        for key in ("dataset", "seed", "similarity_to_truth"):
-            if key in self.metadata:
-                lines.append(f"{key}: {self.metadata[key]}")
-        lines.append(
-            f"closure residual (0 for a Lie algebra): {lie.closure_residual(self.algebra):.2e}"
+        return group_file.summary_text(
+            repr(self),
+            lie.sparse_form(self.algebra).numpy(),
+            self.cosets.numpy(),
+            self.metadata,
+            lie.closure_residual(self.algebra),
         )
-        for i, M in enumerate(lie.sparse_form(self.algebra)):
-            lines.append(f"generator {i} (readable form):")
-            lines += fmt(M)
-        for i, H in enumerate(self.cosets):
-            lines.append(f"component {i} representative (det {float(torch.linalg.det(H)):+.3f}):")
-            lines += fmt(H)
-        return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike, n_orbits: int = 6) -> Path:
         """Save a figure: heatmap of each generator (readable form) and, for 2x2 generators, the
         vector field ``L p`` with orbits ``exp(tL) p0``. Headless (Agg canvas, no pyplot state)."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        gens = lie.sparse_form(self.algebra).numpy()
-        k, d = gens.shape[0], gens.shape[-1]
-        planar = d == 2
-        n_rows = 2 if planar else 1
-        fig = Figure(figsize=(3.6 * k + 0.8, 3.4 * n_rows), constrained_layout=True)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(n_rows, k, squeeze=False)
-        vmax = max(float(abs(gens).max()), 1e-12)
-        for i in range(k):
-            ax = axes[0, i]
-            im = ax.imshow(gens[i], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-            ax.set_title(f"generator {i}")
-            ax.set_xticks(range(d))
-            ax.set_yticks(range(d))
-            if d <= 6:
-                for (r, c), v in _enumerate_2d(gens[i]):
-                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8)
-        fig.colorbar(im, ax=axes[0, :].tolist(), shrink=0.8)
-        if planar:
-            import numpy as np
-
-            grid = np.linspace(-1.0, 1.0, 13)
-            X, Y = np.meshgrid(grid, grid)
-            P = np.stack([X.ravel(), Y.ravel()])
-            ts = np.linspace(-3.2, 3.2, 129)
-            for i in range(k):
-                ax = axes[1, i]
-                V = gens[i] @ P
-                ax.quiver(P[0], P[1], V[0], V[1], color="0.5", angles="xy")
-                Lt = torch.as_tensor(gens[i])
-                for j in range(n_orbits):
-                    # starts at several radii and angles, so that distinct orbits show
-                    angle = 2 * math.pi * j / n_orbits
-                    radius = 0.25 + 0.6 * j / max(n_orbits - 1, 1)
-                    p0 = torch.tensor(
-                        [radius * math.cos(angle), radius * math.sin(angle)], dtype=_F64
-                    )
-                    orbit = torch.linalg.matrix_exp(torch.as_tensor(ts)[:, None, None] * Lt) @ p0
-                    ax.plot(orbit[:, 0], orbit[:, 1], lw=1.2)
-                ax.set_xlim(-1.2, 1.2)
-                ax.set_ylim(-1.2, 1.2)
-                ax.set_aspect("equal")
-                ax.set_xlabel("x (right)")
-                ax.set_ylabel("y (up)")
-                ax.set_title(f"L{i} p and orbits exp(tL{i}) p0")
-        path = Path(path)
-        buffer = io.BytesIO()
-        # a tight box: the colorbar spans the first row, and constrained layout alone clipped the
-        # orbit panel's y label at the left edge
-        fig.savefig(
-            buffer,
-            format=path.suffix.lstrip(".") or "png",
-            dpi=110,
-            bbox_inches="tight",
-            pad_inches=0.1,
-        )
-        return write_atomic(path, buffer.getvalue())
+        return group_file.plot_generators(lie.sparse_form(self.algebra).numpy(), path, n_orbits)
 
 
 def render_generators(generators: torch.Tensor, title: str = "") -> Any:
@@ -384,16 +248,10 @@ def render_generators(generators: torch.Tensor, title: str = "") -> Any:
         ax.set_xticks([])
         ax.set_yticks([])
         if gens.shape[-1] <= 6:
-            for (r, c), v in _enumerate_2d(gens[i]):
+            for (r, c), v in enumerate_2d(gens[i]):
                 ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba()).copy()
-
-
-def _enumerate_2d(a: Any):
-    for r, row in enumerate(a):
-        for c, v in enumerate(row):
-            yield (r, c), float(v)
 
 
 def load_group(path: str | os.PathLike) -> DiscoveredGroup:

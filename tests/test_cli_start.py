@@ -194,3 +194,46 @@ def test_discover_and_reports_follow_the_rule(tmp_path, monkeypatch):
     assert cli._wandb_logger(cfg, tmp_path / "run", seed=0) is None
     cli._log_report(report_cfg, {}, tmp_path)  # returns without starting a run
     assert len(seen) == 2
+
+
+def test_show_is_torch_free_and_matches_the_library(tmp_path):
+    import torch
+
+    from atlasd.group import DiscoveredGroup
+
+    group = DiscoveredGroup(
+        torch.tensor([[[0.03, -1.0], [0.86, -0.03]]]),
+        cosets=torch.stack([torch.eye(2), torch.diag(torch.tensor([1.0, -1.0]))]),
+        metadata={"dataset": "heat", "seed": 0},
+    )
+    path = group.save(tmp_path / "group.json")
+    plot = tmp_path / "shown.png"
+    argv = ["show", str(path), "--plot", str(plot)]
+    code = f"from atlasd.cli import main\nassert main({argv!r}) == 0"
+    assert _heavy_modules_after(code) == []
+    assert plot.stat().st_size > 10_000
+    res = subprocess.run(
+        [sys.executable, "-m", "atlasd", "show", str(path), "--no_plot", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == group.summary()
+    assert "closure residual" in res.stdout and "det -1.000" in res.stdout
+
+
+def test_orbit_exponential_matches_torch():
+    import numpy as np
+    import torch
+
+    from atlasd.group_file import _expm
+
+    gen = np.random.default_rng(0)
+    for scale in (1e-3, 1.0, 40.0):
+        A = scale * gen.standard_normal((5, 3, 3))
+        expected = torch.linalg.matrix_exp(torch.from_numpy(A)).numpy()
+        assert np.allclose(_expm(A), expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+    shear = np.array([[0.0, 1.0], [0.0, 0.0]])  # nilpotent: exp = I + A exactly
+    assert np.array_equal(_expm(2.5 * shear), np.array([[1.0, 2.5], [0.0, 1.0]]))
