@@ -55,7 +55,13 @@ def build_parser() -> ArgumentParser:
         "field task compares transformed chart patches with the data (LieGAN's criterion)",
     )
     disc.add_argument("--discovery.n_generators", type=int, default=1)
-    disc.add_argument("--discovery.cosets", type=bool, default=True)
+    disc.add_argument(
+        "--discovery.cosets",
+        type=bool | None,
+        default=None,
+        help="search the discrete components (default: yes for local and global discovery, "
+        "no for distributions, as the library's entry points do)",
+    )
     disc.add_argument("--discovery.learn_in_rep", type=bool, default=False)
     disc.add_argument("--discovery.learn_out_rep", type=bool, default=False)
     disc.add_argument("--discovery.out_radius", type=int | None, default=None)
@@ -401,10 +407,11 @@ def _check_creatable(folder: Path) -> None:
 
 def _load_datamodule(cfg):
     """The task's DataModule, set up (its tensors loaded and checked)."""
-    from atlasd.datasets import make_datamodule
+    from atlasd.datasets import check_datamodule, make_datamodule
 
     dm = make_datamodule(cfg.task, **_coerce(cfg.data))
     dm.setup()
+    check_datamodule(dm)  # a user's DataModule that lacks x fails here in one line
     return dm
 
 
@@ -645,7 +652,9 @@ def _discover_one(
     kind = disc.kind or getattr(dm, "kind", "local")
     if kind not in ("local", "global", "distribution"):
         raise ValueError(f"discovery.kind must be local, global or distribution, got {kind!r}")
-    common = dict(n_generators=disc.n_generators, cosets=disc.cosets, seed=seed, **training)
+    common = dict(n_generators=disc.n_generators, seed=seed, **training)
+    if disc.cosets is not None:
+        common["cosets"] = disc.cosets
     if kind == "local":
         group = atlasd.discover_local(
             dm.x,
@@ -779,7 +788,6 @@ _REQUIRED_TYPES: dict[str, type] = {
     "wandb_project": str,
     "fresh": bool,
     "discovery.n_generators": int,
-    "discovery.cosets": bool,
     "discovery.learn_in_rep": bool,
     "discovery.learn_out_rep": bool,
 }

@@ -57,7 +57,7 @@ def _tiny_argv(run_dir) -> list[str]:
         ("task: heat\ndata: [1, 2\n", 2, "Problems parsing config"),
         ("task: heat\nbogus: 1\n", 2, "does not accept option 'bogus'"),
         ("task: heat\ntrainer:\n  max_epochs: many\n", 2, 'Parser key "trainer.max_epochs"'),
-        ("task: weather\n", 1, "unknown task 'weather'; known tasks: climate, heat"),
+        ("task: weather\n", 1, "unknown task 'weather'; known tasks: climate, files, heat"),
         ("task: heat\nprogress: loud\n", 1, "--progress must be auto, bar, lines or none"),
         ("task: heat\ndata:\n  n: 0\n", 1, "n must be"),
         (
