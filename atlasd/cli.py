@@ -451,7 +451,11 @@ def _cmd_degeneracy(cfg) -> int:
     config = _report_config(cfg, ("data", "broken", "samples", "models", "training", "llc"))
     config["seeds"] = list(cfg.seeds)
     report = run_degeneracy(
-        config, group, run_dir, log=lambda m: print(f"[atlasd] {m}", file=sys.stderr, flush=True)
+        config,
+        group,
+        run_dir,
+        log=lambda m: print(f"[atlasd] {m}", file=sys.stderr, flush=True),
+        trainer_kwargs=dict(cfg.trainer),
     )
     write_degeneracy_report(report, run_dir)
     if cfg.logger == "wandb":
@@ -497,7 +501,9 @@ def _cmd_downstream(cfg) -> int:
     from atlasd.downstream.experiments import run_downstream, write_report
 
     config = _report_config(cfg, ("data", "training", "models"))
-    report = run_downstream(config, group, run_dir, list(cfg.seeds))
+    report = run_downstream(
+        config, group, run_dir, list(cfg.seeds), trainer_kwargs=dict(cfg.trainer)
+    )
     write_report(report, run_dir)
     if cfg.logger == "wandb":
         _log_report(cfg, report, run_dir)

@@ -4,13 +4,19 @@ Pipeline: (1) predictors, trained on (x, y) or given as a fixed callable, frozen
 (2) F(x) computed once and reused (the frozen predictor's untransformed output never changes);
 (3) a LieBasis fitted so that F(g . x) ~ g . F(x); (4) coset search; (5) a DiscoveredGroup with the
 losses, timings and settings in its metadata.
+
+Devices: stages 1 and 2 run on the Trainer's accelerator (``trainer_kwargs``, "auto" by default);
+the objective of stage 2 is an ``nn.Module`` (discovery/basis.py) holding the frozen predictor and
+its masks, so the Trainer moves all of it. What runs outside Lightning (the probe and F(x) before
+stage 2, the coset search after it) runs where the predictor / objective is, which is the CPU
+after a Lightning fit, with inputs moved there; the group is built from CPU float64 tensors.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -20,10 +26,12 @@ import atlasd
 from atlasd import lie
 from atlasd.atlas import Atlas, crop
 from atlasd.discovery.basis import (
+    DistributionObjective,
+    GlobalObjective,
     LieBasis,
-    disc_mask,
-    global_equivariance_loss,
-    local_equivariance_loss,
+    LocalObjective,
+    placement,
+    to_placement,
 )
 from atlasd.discovery.cosets import Score, search_cosets
 from atlasd.discovery.learner import (
@@ -57,7 +65,8 @@ class DiscoveryConfig:
     loss of identity-component elements sampled at scale ``coset_ref_scale`` (far from the
     identity, where a genuine coset lies) and the threshold is ``coset_threshold`` (absolute) or,
     when None, ``coset_rel_threshold * loss_far``.
-    General: ``batch_size``, ``trainer_kwargs`` (passed to every Lightning Trainer),
+    General: ``batch_size``, ``trainer_kwargs`` (passed to every Lightning Trainer, overriding
+    its defaults: ``accelerator="auto"``, a GPU when one is visible, ``devices=1``),
     ``run_dir`` (stage checkpoints and results, see :mod:`atlasd.discovery.resume`: a rerun with
     the same folder resumes the interrupted stage and skips finished ones), ``resume`` (False
     starts over), ``ckpt_path`` (resume the stage this Lightning checkpoint belongs to),
@@ -112,6 +121,12 @@ class DiscoveryConfig:
         return cfg
 
 
+def _settings(cfg: DiscoveryConfig) -> dict[str, Any]:
+    """The settings by name, values as given: unlike dataclasses.asdict, nothing is deep-copied
+    (trainer_kwargs may hold the caller's callbacks and loggers)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
 def _check_finite(t: Tensor, name: str) -> None:
     if not torch.is_tensor(t):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -120,9 +135,21 @@ def _check_finite(t: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains {n_bad} NaN/Inf values")
 
 
-def _batched(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int = 256) -> Tensor:
+def _batched(
+    fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int = 256, where: Any = None
+) -> Tensor:
+    """``fn`` over ``x`` in chunks, without gradients, computed where ``where`` (default
+    ``fn``) is (:func:`~atlasd.discovery.basis.placement`); the result on the CPU."""
+    place = placement(fn if where is None else where)
     with torch.no_grad():
-        return torch.cat([fn(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
+        return torch.cat(
+            [fn(to_placement(x[i : i + chunk], place)).cpu() for i in range(0, x.shape[0], chunk)]
+        )
+
+
+def _on(place: tuple[torch.device, torch.dtype | None], *ts: Tensor | None) -> list[Tensor | None]:
+    """Tensors moved to ``place`` (device and dtype), None kept."""
+    return [None if t is None else to_placement(t, place) for t in ts]
 
 
 def _finish(
@@ -135,7 +162,7 @@ def _finish(
 ) -> DiscoveredGroup:
     """Stages 3 and 5: cosets from the fitted basis, and the DiscoveredGroup."""
     L, r_in, r_out = (
-        None if t is None else t.detach().to(torch.float64) for t in basis.effective()
+        None if t is None else t.detach().cpu().to(torch.float64) for t in basis.effective()
     )
     if not bool(torch.isfinite(L).all()):
         raise RuntimeError("basis learning produced NaN/Inf generators; no group was written")
@@ -328,7 +355,7 @@ def _make_store(
     """The run folder's stage state, fingerprinted by everything that shapes the result."""
     settings = {
         k: v
-        for k, v in asdict(cfg).items()
+        for k, v in _settings(cfg).items()
         if k not in ("trainer_kwargs", "run_dir", "progress", "resume", "ckpt_path")
     }
     fingerprint = {
@@ -356,7 +383,9 @@ def _base_metadata(
         "n_samples": n,
         "n_generators": n_generators,
         "config": {
-            k: v for k, v in asdict(cfg).items() if k not in ("trainer_kwargs", "reference_algebra")
+            k: v
+            for k, v in _settings(cfg).items()
+            if k not in ("trainer_kwargs", "reference_algebra")
         },
         "wall_time_s": {},
     }
@@ -466,8 +495,7 @@ def discover_local(
     else:
         F = predictor
 
-    with torch.no_grad():
-        probe = F(patches[:2])
+    probe = _batched(F, patches[:2])
     h = patches.shape[-1]
     if not (
         torch.is_tensor(probe)
@@ -489,23 +517,15 @@ def discover_local(
             f"out_radius {r_out} is larger than the predictor's output radius {pred_radius}"
         )
 
-    probabilities = predictor is None and y.ndim == 3
-
-    def predict(p: Tensor) -> Tensor:
-        out = crop(F(p), r_out)
-        # classifiers are compared on class probabilities, which transform like fields; raw
-        # logits carry an arbitrary per-pixel offset that equivariance has no reason to respect
-        return out.softmax(dim=2) if probabilities else out
+    # classifiers are compared on class probabilities, which transform like fields; raw
+    # logits carry an arbitrary per-pixel offset that equivariance has no reason to respect
+    objective = LocalObjective(
+        F, r_out, kind=cfg.loss, probabilities=predictor is None and y.ndim == 3
+    )
 
     start = time.perf_counter()
-    base = _batched(predict, patches)
+    base = _batched(objective.predict, patches, where=objective)
     timings["base_predictions"] = time.perf_counter() - start
-    mask = disc_mask(r_out)
-    kind = cfg.loss
-
-    def objective(batch, g, r_in, r_o):
-        xb, bb = batch
-        return local_equivariance_loss(predict, xb, bb, g, r_in, r_o, kind=kind, mask=mask)
 
     basis = LieBasis(
         n_generators,
@@ -526,7 +546,10 @@ def discover_local(
 
     coset_score = None
     if cosets:
-        algebra32 = lie.standard_form(basis.effective()[0].detach().double()).float()
+        algebra32 = lie.standard_form(basis.effective()[0].detach().cpu().double()).float()
+
+        # sampled on the CPU with the search's generator, computed where the objective is
+        place = placement(objective)
 
         def coset_score(hs: Tensor, gen: torch.Generator, scale: float = cfg.scale) -> Tensor:
             n_c, b = hs.shape[0], cfg.coset_batch
@@ -546,21 +569,12 @@ def discover_local(
                     None if r is None else r.reshape(n_c * b, K, *r.shape[-2:])
                     for r in (r_in, r_out)
                 )
-            g = hs[:, None, None] @ g0
+            g = (hs[:, None, None] @ g0.to(hs.dtype)).reshape(n_c * b, K, 2, 2)
             xr = xb.repeat(n_c, 1, 1, 1, 1)
             br = bb.repeat(n_c, 1, 1, 1, 1)
-            per = local_equivariance_loss(
-                predict,
-                xr,
-                br,
-                g.reshape(n_c * b, K, 2, 2),
-                r_in,
-                r_out,
-                kind=kind,
-                mask=mask,
-                per_sample=True,
-            )
-            return per.view(n_c, b).mean(1)
+            xr, br, g, r_in, r_out = _on(place, xr, br, g, r_in, r_out)
+            per = objective((xr, br), g, r_in, r_out, per_sample=True)
+            return per.view(n_c, b).mean(1).to(device=hs.device, dtype=hs.dtype)
 
     return _finish(basis, coset_score, cfg, seed, metadata, store)
 
@@ -611,22 +625,13 @@ def discover_global(
     else:
         F = predictor
 
-    with torch.no_grad():
-        probe = F(x[:2])
+    probe = _batched(F, x[:2])
     if not (torch.is_tensor(probe) and probe.shape[0] == 2):
         shape = tuple(probe.shape) if torch.is_tensor(probe) else type(probe).__name__
         raise ValueError(f"predictor returned {shape} for inputs {tuple(x[:2].shape)}")
 
-    def predict(v: Tensor) -> Tensor:
-        out = F(v)
-        return out if out.ndim > 1 else out[:, None]
-
-    base = _batched(predict, x, chunk=4096)
-    kind = cfg.loss
-
-    def objective(batch, g, r_in, r_o):
-        xb, bb = batch
-        return global_equivariance_loss(predict, xb, bb, g, r_o, kind=kind)
+    objective = GlobalObjective(F, kind=cfg.loss)
+    base = _batched(objective.predict, x, chunk=4096, where=objective)
 
     basis = LieBasis(
         n_generators,
@@ -643,17 +648,20 @@ def discover_global(
 
     coset_score = None
     if cosets:
-        algebra32 = lie.standard_form(basis.effective()[0].detach().double()).float()
+        algebra32 = lie.standard_form(basis.effective()[0].detach().cpu().double()).float()
+
+        place = placement(objective)
 
         def coset_score(hs: Tensor, gen: torch.Generator, scale: float = cfg.scale) -> Tensor:
             n_c, b = hs.shape[0], max(cfg.coset_batch, 64)
             idx = torch.randint(n, (b,), generator=gen)
             g0 = lie.sample_group(algebra32, (n_c, b), scale=scale, generator=gen)
-            g = (hs[:, None] @ g0).reshape(n_c * b, d, d)
+            g = (hs[:, None] @ g0.to(hs.dtype)).reshape(n_c * b, d, d)
             xr = x[idx].repeat((n_c,) + (1,) * (x.ndim - 1))
             br = base[idx].repeat(n_c, 1)
-            per = global_equivariance_loss(predict, xr, br, g, kind=kind, per_sample=True)
-            return per.view(n_c, b).mean(1)
+            xr, br, g = _on(place, xr, br, g)
+            per = objective((xr, br), g, per_sample=True)
+            return per.view(n_c, b).mean(1).to(device=hs.device, dtype=hs.dtype)
 
     return _finish(basis, coset_score, cfg, seed, metadata, store)
 
@@ -719,12 +727,7 @@ def discover_distribution(
     if atlas is None:
         d = x.shape[1]
         samples = x
-
-        def objective(batch, g, r_in, r_o):
-            (xb,) = batch
-            half = xb.shape[0] // 2
-            moved = torch.einsum("bij,bj->bi", g[:half], xb[:half])
-            return sinkhorn(moved, xb[half : 2 * half])
+        objective = DistributionObjective(sinkhorn)
 
         def group_shape(b: tuple[Tensor, ...]) -> tuple[int, ...]:
             return (b[0].shape[0],)
@@ -732,13 +735,7 @@ def discover_distribution(
     else:
         d = 2
         samples = atlas.extract(x)  # (N, K, C, h, w)
-        mask = disc_mask(atlas.radius)
-
-        def objective(batch, g, r_in, r_o):
-            (pb,) = batch
-            half = pb.shape[0] // 2
-            moved = atlasd.act(g[:half], pb[:half]) * mask
-            return sinkhorn(moved.flatten(1), (pb[half : 2 * half] * mask).flatten(1))
+        objective = DistributionObjective(sinkhorn, radius=atlas.radius)
 
         def group_shape(b: tuple[Tensor, ...]) -> tuple[int, ...]:
             return tuple(b[0].shape[:2])  # one element per sample and chart
@@ -746,22 +743,25 @@ def discover_distribution(
     basis = LieBasis(
         n_generators, d, normalize=cfg.normalize, generator=torch.Generator().manual_seed(seed)
     )
-    cfg2 = DiscoveryConfig(**{**asdict(cfg), "batch_size": 2 * cfg.batch_size})
+    # a shallow copy: the caller's callbacks and loggers in trainer_kwargs must stay the caller's
+    cfg2 = replace(cfg, batch_size=2 * cfg.batch_size)
     start = time.perf_counter()
     metadata["basis"] = _fit(basis, objective, group_shape, (samples,), cfg2, seed, store)
     metadata["wall_time_s"]["basis"] = time.perf_counter() - start
 
     coset_score = None
     if cosets:
-        algebra32 = lie.standard_form(basis.effective()[0].detach().double()).float()
+        algebra32 = lie.standard_form(basis.effective()[0].detach().cpu().double()).float()
         m = min(cfg.batch_size, 512)
+        place = placement(objective)
 
         def coset_score(hs: Tensor, gen: torch.Generator, scale: float = cfg.scale) -> Tensor:
             idx = torch.randperm(n, generator=gen)[: 2 * m]
             a, b = x[idx[:m]], x[idx[m:]]
             g0 = lie.sample_group(algebra32, (hs.shape[0], m), scale=scale, generator=gen)
-            moved = torch.einsum("cij,cbjk,bk->cbi", hs, g0, a).contiguous()
+            moved = torch.einsum("cij,cbjk,bk->cbi", hs, g0.to(hs.dtype), a)
             # geomloss batches (C, m, d) point clouds: all candidates in one call
-            return sinkhorn(moved, b.expand(hs.shape[0], m, d).contiguous())
+            per = objective.candidates(*_on(place, moved, b))
+            return per.to(device=hs.device, dtype=hs.dtype)
 
     return _finish(basis, coset_score, cfg, seed, metadata, store)

@@ -13,26 +13,34 @@ to grow them would either blow patches out of the chart or, to avoid that, colla
 The paper's alternative, a clamped magnitude reward, is available (``magnitude_weight``) for
 un-normalised sampling.
 
-Everything here is pure tensor math; the Lightning wrapper lives in discovery/learner.py.
+The objectives are pure tensor functions; :class:`LocalObjective`, :class:`GlobalObjective` and
+:class:`DistributionObjective` hold what one of them needs during a fit (the frozen predictor as a
+submodule, masks as buffers) so that whoever holds them (the Lightning wrapper in
+discovery/learner.py) moves it to its device and precision with the basis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from atlasd.atlas import act, act_vectors
+from atlasd.atlas import act, act_vectors, crop
 
 __all__ = [
+    "DistributionObjective",
+    "GlobalObjective",
     "LieBasis",
+    "LocalObjective",
     "disc_mask",
     "global_equivariance_loss",
     "local_equivariance_loss",
     "magnitude_reward",
     "overlap_penalty",
+    "placement",
+    "to_placement",
 ]
 
 OverlapKind = Literal["cosine", "standard"]
@@ -116,8 +124,10 @@ class LieBasis(nn.Module):
             differentiable with respect to the parameters.
         """
         L, r_in, r_out = self.effective()
-        c = torch.randn((*shape, self.k), generator=generator, dtype=L.dtype, device=L.device)
-        c = c * torch.as_tensor(scale, dtype=L.dtype, device=L.device)
+        # drawn in float32 whatever the basis' precision: a seed gives the same coefficients at
+        # precision "64-true" as at the default, so the two fits differ by rounding only
+        c = torch.randn((*shape, self.k), generator=generator, dtype=torch.float32, device=L.device)
+        c = c.to(L.dtype) * torch.as_tensor(scale, dtype=L.dtype, device=L.device)
 
         def expo(M: Tensor | None) -> Tensor | None:
             if M is None:
@@ -257,3 +267,181 @@ def global_equivariance_loss(
             f"{tuple(rhs.shape)} for the originals"
         )
     return _distance(lhs, rhs, kind, None, per_sample)
+
+
+# ----------------------------------------------------------------------------- objective modules
+
+
+class _FrozenObjective(nn.Module):
+    """An objective's state, frozen: it stays in eval mode whatever mode its holder is put in,
+    so a predictor's BatchNorm keeps using its running statistics during stage 2 (Lightning calls
+    ``train()`` on the whole LightningModule when a fit starts)."""
+
+    def train(self, mode: bool = True) -> _FrozenObjective:
+        return super().train(False)
+
+
+class LocalObjective(_FrozenObjective):
+    """Stage 2's objective on chart patches, ``E |F(g . x) - g . F(x)|`` over a batch
+    ``(patches, base)``, see :func:`local_equivariance_loss`.
+
+    Args:
+        predictor: the frozen F, ``(B, K, C_in, h, w) -> (B, K, C_out, h', w')``, odd h' <= h.
+            An ``nn.Module`` is registered as a submodule (so it follows the holder's device and
+            precision); a plain function must run on whatever device its inputs are on.
+        out_radius: radius of the compared output crop, at most the predictor's (h' - 1) / 2.
+        kind: "l1" or "mse".
+        probabilities: compare ``softmax`` over the channel axis of the output (classifiers:
+            logits carry an arbitrary per-pixel offset that equivariance need not respect).
+
+    Buffers: ``mask`` (2 out_radius + 1, 2 out_radius + 1), the inscribed disc (not saved).
+    """
+
+    def __init__(
+        self,
+        predictor: Callable[[Tensor], Tensor],
+        out_radius: int,
+        *,
+        kind: str = "l1",
+        probabilities: bool = False,
+    ) -> None:
+        super().__init__()
+        self.predictor = predictor
+        self.out_radius = int(out_radius)
+        self.kind = kind
+        self.probabilities = bool(probabilities)
+        self.register_buffer("mask", disc_mask(self.out_radius), persistent=False)
+
+    def predict(self, patches: Tensor) -> Tensor:
+        """The compared output: ``(B, K, C_out, 2 r + 1, 2 r + 1)``, r = ``out_radius``."""
+        out = crop(self.predictor(patches), self.out_radius)
+        return out.softmax(dim=2) if self.probabilities else out
+
+    def forward(
+        self,
+        batch: tuple[Tensor, Tensor],
+        g: Tensor,
+        rho_in: Tensor | None = None,
+        rho_out: Tensor | None = None,
+        *,
+        per_sample: bool = False,
+    ) -> Tensor:
+        """``batch = (patches (B, K, C_in, h, w), base = predict(patches))``, g (B, K, 2, 2),
+        rho_in / rho_out (B, K, c, c) or None; a scalar, or (B,) with ``per_sample``."""
+        patches, base = batch
+        return local_equivariance_loss(
+            self.predict,
+            patches,
+            base,
+            g,
+            rho_in,
+            rho_out,
+            kind=self.kind,
+            mask=self.mask,
+            per_sample=per_sample,
+        )
+
+
+class GlobalObjective(_FrozenObjective):
+    """Stage 2's objective on vectors, ``E |f(g x) - rho_out(g) f(x)|`` over a batch
+    ``(x, base)``, see :func:`global_equivariance_loss`.
+
+    Args:
+        predictor: the frozen f, ``(B, ..., d) -> (B, c)`` or ``(B,)`` (read as (B, 1)); an
+            ``nn.Module`` is registered as a submodule, a plain function must run on the device
+            of its inputs.
+        kind: "l1" or "mse".
+    """
+
+    def __init__(self, predictor: Callable[[Tensor], Tensor], *, kind: str = "mse") -> None:
+        super().__init__()
+        self.predictor = predictor
+        self.kind = kind
+
+    def predict(self, x: Tensor) -> Tensor:
+        """f(x) as (B, c)."""
+        out = self.predictor(x)
+        return out if out.ndim > 1 else out[:, None]
+
+    def forward(
+        self,
+        batch: tuple[Tensor, Tensor],
+        g: Tensor,
+        rho_in: Tensor | None = None,
+        rho_out: Tensor | None = None,
+        *,
+        per_sample: bool = False,
+    ) -> Tensor:
+        """``batch = (x (B, ..., d), base = predict(x) (B, c))``, g (B, d, d), rho_out
+        (B, c, c) or None (rho_in is unused); a scalar, or (B,) with ``per_sample``."""
+        x, base = batch
+        return global_equivariance_loss(
+            self.predict, x, base, g, rho_out, kind=self.kind, per_sample=per_sample
+        )
+
+
+class DistributionObjective(_FrozenObjective):
+    """Stage 2's objective for a distribution, ``q(g x) = q(x)``: a divergence between the
+    transformed first half of a batch and its second half, an independent sample (comparing a
+    batch with its own transform would reward small transformations for the noise they share).
+
+    Args:
+        divergence: point-cloud divergence, ``(n, D), (m, D) -> scalar`` and batched
+            ``(C, n, D), (C, m, D) -> (C,)``, e.g. geomloss's ``SamplesLoss("sinkhorn")``; an
+            ``nn.Module`` is registered as a submodule.
+        radius: None for vector samples ``(B, d)`` (g acts on the last axis); a chart radius for
+            patch samples ``(B, K, C, h, w)`` (g acts through :func:`~atlasd.atlas.act` and only
+            the inscribed disc is compared, so corners rotated out of a patch do not count).
+
+    Buffers: ``mask`` (2 radius + 1, 2 radius + 1) or None (not saved).
+    """
+
+    def __init__(self, divergence: Callable[..., Tensor], radius: int | None = None) -> None:
+        super().__init__()
+        self.divergence = divergence
+        self.register_buffer(
+            "mask", None if radius is None else disc_mask(int(radius)), persistent=False
+        )
+
+    def forward(
+        self,
+        batch: tuple[Tensor],
+        g: Tensor,
+        rho_in: Tensor | None = None,
+        rho_out: Tensor | None = None,
+    ) -> Tensor:
+        """``batch = (samples (B, d) or (B, K, C, h, w),)``, g (B, d, d) or (B, K, 2, 2):
+        a scalar, the divergence between ``g x`` on the first B // 2 samples and the next B // 2.
+        """
+        (xb,) = batch
+        half = xb.shape[0] // 2
+        if self.mask is None:
+            moved = torch.einsum("bij,bj->bi", g[:half], xb[:half])
+            return self.divergence(moved, xb[half : 2 * half])
+        moved = act(g[:half], xb[:half]) * self.mask
+        return self.divergence(moved.flatten(1), (xb[half : 2 * half] * self.mask).flatten(1))
+
+    def candidates(self, moved: Tensor, other: Tensor) -> Tensor:
+        """Batched divergence for the coset search: ``moved`` (C, m, d) one transformed sample
+        per candidate, ``other`` (m, d) one independent sample; returns (C,)."""
+        c, m, d = moved.shape
+        return self.divergence(moved.contiguous(), other.expand(c, m, d).contiguous())
+
+
+def placement(obj: Any) -> tuple[torch.device, torch.dtype | None]:
+    """Where an objective or predictor computes: the device and dtype of its first floating
+    parameter or buffer; the CPU and None (keep the inputs' dtype) for a plain function or a
+    module without floating state. Code outside a Lightning fit moves its inputs there."""
+    if isinstance(obj, nn.Module):
+        for t in (*obj.parameters(), *obj.buffers()):
+            if t.is_floating_point():
+                return t.device, t.dtype
+    return torch.device("cpu"), None
+
+
+def to_placement(t: Tensor, place: tuple[torch.device, torch.dtype | None]) -> Tensor:
+    """``t`` on ``place``'s device, floating tensors also in its dtype (differentiable)."""
+    device, dtype = place
+    if dtype is not None and t.is_floating_point():
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device)

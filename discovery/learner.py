@@ -3,12 +3,17 @@
 The module is a thin wrapper: the objective is a plain function of a batch and sampled group
 elements (discovery/basis.py); this file adds the optimiser, logging, a per-epoch history of the
 generators, NaN detection and the Trainer plumbing (checkpoints, DDP, loggers come from Lightning).
+
+Devices: everything a fit touches is registered with the module (the basis, an ``nn.Module``
+objective holding the frozen predictor and its masks, the reference algebra as a buffer) or
+comes through the DataLoader, so the Trainer's accelerator and precision apply to all of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -17,15 +22,30 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from atlasd.discovery.basis import LieBasis
+from atlasd.discovery.basis import LieBasis, placement, to_placement
 
 __all__ = ["BasisModule", "fit_basis", "quiet_lightning", "screen_initializations"]
 
 # objective(batch, g, rho_in, rho_out) -> scalar loss
 Objective = Callable[[tuple[Tensor, ...], Tensor, Tensor | None, Tensor | None], Tensor]
+
+# state-dict keys of the objective, wherever the module holding it sits in a load
+_OBJECTIVE_KEY = re.compile(r"(^|\.)objective\.")
+
+
+def _drop_objective_state(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "objective.")]:
+        del state_dict[key]
+
+
+def _ignore_objective_keys(module: nn.Module, incompatible: Any) -> None:
+    for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
+        keys[:] = [k for k in keys if not _OBJECTIVE_KEY.search(k)]
 
 
 @contextlib.contextmanager
@@ -55,14 +75,20 @@ class BasisModule(L.LightningModule):
 
     Args:
         basis: the LieBasis to fit.
-        objective: plain function of (batch, g, rho_in, rho_out).
+        objective: function of (batch, g, rho_in, rho_out) -> scalar loss. An ``nn.Module``
+            (e.g. :class:`~atlasd.discovery.basis.LocalObjective`) is registered as the
+            submodule ``objective``, so the Trainer moves its frozen predictor and buffers with
+            the basis; a plain function must itself run on the device of its inputs. The
+            objective is frozen and rebuilt by the caller, so checkpoints leave it out: they hold
+            the basis only, whatever the size of the predictor.
         group_shape: function batch -> batch shape of the group elements to sample, e.g.
             (B, K) for one element per sample and chart.
         scale: std of the coefficients c.
         lr: Adam learning rate; regulariser weights as in LieBasis.regularization.
         seed: seeds the sampling of group elements (offset by the process rank under DDP).
         reference: optional ground-truth algebra (j, d, d): its similarity to the generators is
-            logged every epoch (``basis/similarity_to_truth``), for dashboards only.
+            logged every epoch (``basis/similarity_to_truth``), for dashboards only; a buffer
+            (not saved), compared on the CPU in float64.
     """
 
     def __init__(
@@ -81,9 +107,15 @@ class BasisModule(L.LightningModule):
         reference: Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.reference = None if reference is None else torch.as_tensor(reference).double()
+        self.register_buffer(
+            "reference",
+            None if reference is None else torch.as_tensor(reference).double(),
+            persistent=False,
+        )
         self.basis = basis
         self.objective = objective
+        self.register_state_dict_post_hook(_drop_objective_state)
+        self.register_load_state_dict_post_hook(_ignore_objective_keys)
         self.group_shape = group_shape
         self.scale = scale
         self.lr = lr
@@ -146,7 +178,7 @@ class BasisModule(L.LightningModule):
         if self.reference is not None:
             from atlasd.lie import similarity
 
-            sim = similarity(generators.double(), self.reference)
+            sim = similarity(generators.double(), self.reference.detach().cpu().double())
             self.history[-1]["similarity_to_truth"] = sim
             self.log("basis/similarity_to_truth", sim, on_step=False, on_epoch=True)
         if self.logger is not None and hasattr(self.logger, "log_image"):
@@ -193,6 +225,10 @@ def screen_initializations(
     numbers, so score differences are not sampling noise); the best replaces the module's
     generators in place. Costs about n_candidates * n_batches / 3 training steps.
 
+    Runs outside Lightning, before the fit: group elements are sampled where the basis is (the
+    CPU, with a CPU generator, so the choice does not depend on the accelerator) and the batches
+    and elements are moved to where the objective computes (:func:`placement`).
+
     Returns {"scores": [...], "chosen": index}.
     """
     basis = module.basis
@@ -214,6 +250,12 @@ def screen_initializations(
         with torch.no_grad():
             basis.generators.copy_(value / value.flatten(1).norm(dim=1)[:, None, None])
 
+    place = placement(module.objective)
+
+    def there(t: Tensor | None) -> Tensor | None:
+        return None if t is None else to_placement(t, place)
+
+    batches = [tuple(to_placement(t, place) for t in batch) for batch in batches]
     for cand in candidates:
         assign(cand)
         total = 0.0
@@ -222,7 +264,7 @@ def screen_initializations(
                 g, r_in, r_out = basis.sample(
                     module.group_shape(batch), module.scale, torch.Generator().manual_seed(b)
                 )
-                total += float(module.objective(batch, g, r_in, r_out))
+                total += float(module.objective(batch, there(g), there(r_in), there(r_out)))
                 total += float(basis.regularization(**module.reg))
         scores.append(total / len(batches))
     best = int(torch.tensor(scores).nan_to_num(float("inf")).argmin())
@@ -247,6 +289,11 @@ def fit_basis(
     checkpoint and reaches the generators of an uninterrupted run (the shuffling and the
     sampled group elements depend only on the seed and the epoch).
 
+    ``trainer_kwargs`` override the Trainer's defaults (``accelerator="auto"``: a GPU when one
+    is visible, else the CPU; ``devices=1``); ``callbacks`` are added to ours. The Trainer moves
+    the module (basis, objective, buffers) and the batches to its device and precision, and
+    hands the module back on the CPU when the fit ends.
+
     Returns metrics: final and per-epoch equivariance loss, wall time, samples per second.
     """
     from atlasd.discovery.training import EpochSampler, checkpoint_errors, last_checkpoint
@@ -260,7 +307,8 @@ def fit_basis(
     )
     kwargs: dict[str, Any] = {
         "max_epochs": epochs,
-        "accelerator": "cpu",
+        # a GPU when there is one, else the CPU; --trainer.accelerator overrides
+        "accelerator": "auto",
         "devices": 1,
         "logger": False,
         "enable_checkpointing": False,

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from atlasd.discovery.basis import placement, to_placement
 from atlasd.discovery.predictors import LOSS_KINDS, LossKind, loss_terms
 
 __all__ = [
@@ -365,11 +366,12 @@ def evaluate_predictor(
         ``{"loss": float, "loss_per_chart": list[float]}`` (per chart: dim 1 of the
         predictions, see :func:`~atlasd.discovery.predictors.loss_terms`).
     """
-    device = next((p.device for p in model.parameters()), x.device)
+    # where the model is, in its precision (a fit at precision="64-true" leaves it in float64)
+    place = placement(model)
     num = den = None
     for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device)
-        yb = y[i : i + batch_size].to(device)
+        xb = to_placement(x[i : i + batch_size], place)
+        yb = to_placement(y[i : i + batch_size], place)
         n, d = loss_terms(model(xb), yb, loss, class_weights)
         num = n if num is None else num + n
         den = d if den is None else den + d
@@ -428,7 +430,8 @@ def train_predictors(
         enable_progress_bar: show Lightning's progress bar.
         trainer_kwargs: extra :class:`lightning.Trainer` arguments (``accelerator``,
             ``devices``, ``precision``, ... as given by ``--trainer.*`` on the command line);
-            they override the defaults here, ``callbacks`` are added to ours.
+            they override the defaults here (``accelerator="auto"``: a GPU when one is visible,
+            else the CPU; ``devices=1``), ``callbacks`` are added to ours.
         ckpt_path: a ``last.ckpt`` of an interrupted run of the same model and data: training
             resumes after its epoch and ends with the weights an uninterrupted run would have.
             A checkpoint of another architecture raises ValueError naming the mismatch.
@@ -446,7 +449,8 @@ def train_predictors(
 
     Afterwards the model holds the best weights, is in eval mode and has
     ``requires_grad_(False)``: stage 2 may backpropagate through it into its inputs without
-    changing it (BatchNorm uses its running statistics).
+    changing it (BatchNorm uses its running statistics). It is on the CPU (Lightning hands a
+    fitted module back there), in the precision it was trained in.
 
     Raises:
         ValueError: before any training, for non-finite data, mismatched shapes (naming them),
@@ -504,7 +508,8 @@ def train_predictors(
             last_checkpoint(root),
         ]
         kwargs: dict[str, Any] = {
-            "accelerator": "cpu",
+            # a GPU when there is one, else the CPU; trainer_kwargs override
+            "accelerator": "auto",
             "devices": 1,
             "max_epochs": max_epochs,
             "logger": logger,

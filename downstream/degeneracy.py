@@ -546,9 +546,15 @@ def _fit(
     opts: dict,
     seed: int,
     root: Path,
+    trainer_kwargs: dict[str, Any] | None = None,
 ) -> tuple[float, dict[str, Any] | None]:
     """Train ``model`` in place (Adam, then :func:`whitened_polish`); returns the wall time (s)
-    and the polish record (None without one)."""
+    and the polish record (None without one).
+
+    The Adam fit runs on the Trainer's device (``trainer_kwargs``, see
+    :func:`~atlasd.downstream.experiments.quiet_trainer`); the model then goes back to the
+    device and dtype it was built in (the CPU), where the polish and every later measurement
+    (LLC sampling, Hessians, ranks) run."""
     loader = DataLoader(
         TensorDataset(x, y),
         batch_size=int(opts["batch_size"]),
@@ -557,9 +563,14 @@ def _fit(
     )
     from atlasd.downstream.experiments import quiet_trainer
 
-    trainer = quiet_trainer(int(opts["epochs"]), root)
+    trainer = quiet_trainer(int(opts["epochs"]), root, trainer_kwargs=trainer_kwargs)
+    home = next(p for p in model.parameters() if p.is_floating_point())
+    device, dtype = home.device, home.dtype
     start = time.perf_counter()
     trainer.fit(_FitModule(model, nll, opts["lr"], opts["epochs"]), train_dataloaders=loader)
+    # explicit, not left to Lightning's teardown (which moves to the CPU but keeps a "64-true"
+    # fit's float64): the measurements below expect the model as it was built
+    model.to(device=device, dtype=dtype)
     model.eval()
     polish = None
     if opts["polish_steps"] and opts["polish_rounds"]:
@@ -1028,7 +1039,11 @@ def measure_degeneracy(
 
 
 def run_degeneracy(
-    config: dict, group: DiscoveredGroup, run_dir: Path, log: Callable[[str], None] | None = None
+    config: dict,
+    group: DiscoveredGroup,
+    run_dir: Path,
+    log: Callable[[str], None] | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the unconstrained and the group model on symmetric and symmetry-broken data and
     measure their degeneracy (see the module docstring).
@@ -1043,6 +1058,11 @@ def run_degeneracy(
         group: the discovered group (2x2 chart transformations).
         run_dir: folder for Lightning's files (created).
         log: optional progress printer (one line per measured model).
+        trainer_kwargs: :class:`lightning.Trainer` arguments for every training fit
+            (``accelerator``, ``devices``, ``precision``, ...; e.g. ``--trainer.*``), overriding
+            the defaults of :func:`~atlasd.downstream.experiments.quiet_trainer`; ``callbacks``
+            are added. Only the Adam fits use them: each trained model is moved back to the CPU
+            (in the dtype it was built in) before the polish, the LLC sampling and the Hessians.
 
     Returns:
         the report dict (``runs``: one entry per seed, data version and model; ``summary``:
@@ -1100,7 +1120,15 @@ def run_degeneracy(
                 # Adam is invariant to the loss scale, so regression trains on sigma = 1
                 fit_nll = gaussian_nll(1.0) if kind == "regression" else categorical_nll
                 wall, polish = _fit(
-                    model, fit_nll, x, y, kind, cfg["training"], seed, run_dir / name
+                    model,
+                    fit_nll,
+                    x,
+                    y,
+                    kind,
+                    cfg["training"],
+                    seed,
+                    run_dir / name,
+                    trainer_kwargs=trainer_kwargs,
                 )
                 if kind == "regression" and sigma == "auto":
                     # the first fitted model (seed 0, symmetric, baseline) sets the noise level

@@ -45,7 +45,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -397,27 +397,49 @@ class DownstreamModule(lightning.LightningModule):
 
 
 def quiet_trainer(
-    epochs: int, root: Path, gradient_clip_val: float | None = None
+    epochs: int,
+    root: Path,
+    gradient_clip_val: float | None = None,
+    trainer_kwargs: Mapping[str, Any] | None = None,
 ) -> lightning.Trainer:
-    """A CPU Lightning Trainer for the short comparison fits: no logger, checkpoints, progress
-    bar or model summary (the reports carry the figures)."""
-    return lightning.Trainer(
-        max_epochs=int(epochs),
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=gradient_clip_val,
-        default_root_dir=root,
-    )
+    """A Lightning Trainer for the short comparison fits: no logger, checkpoints, progress bar
+    or model summary (the reports carry the figures), ``accelerator="auto"`` (a GPU when one is
+    visible, else the CPU) on one device.
+
+    ``trainer_kwargs`` (e.g. ``--trainer.*`` from the command line) override these defaults;
+    their ``callbacks`` are added."""
+    kwargs: dict[str, Any] = {
+        "max_epochs": int(epochs),
+        "accelerator": "auto",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "gradient_clip_val": gradient_clip_val,
+        "default_root_dir": root,
+    }
+    extra = dict(trainer_kwargs or {})
+    callbacks = list(extra.pop("callbacks", None) or [])
+    kwargs.update(extra)
+    return lightning.Trainer(callbacks=callbacks, **kwargs)
 
 
 @torch.no_grad()
 def _predict(module: DownstreamModule, x: Tensor, batch_size: int) -> Tensor:
+    """Logits on the CPU, computed where the module is (its device and floating dtype: the
+    Trainer hands it back on the CPU, in float64 after a "64-true" fit)."""
     module.eval()
-    return torch.cat([module(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    p = next((t for t in module.parameters() if t.is_floating_point()), None)
+
+    def there(t: Tensor) -> Tensor:
+        if p is None:
+            return t
+        return t.to(device=p.device, dtype=p.dtype if t.is_floating_point() else t.dtype)
+
+    return torch.cat(
+        [module(there(x[i : i + batch_size])).cpu() for i in range(0, x.shape[0], batch_size)]
+    )
 
 
 def _evaluate(task: str, logits: Tensor, y: Tensor, n_classes: int) -> dict[str, float]:
@@ -490,7 +512,11 @@ def _training_options(config: dict) -> dict[str, Any]:
 
 
 def run_downstream(
-    config: dict, group: DiscoveredGroup, run_dir: Path, seeds: list[int]
+    config: dict,
+    group: DiscoveredGroup,
+    run_dir: Path,
+    seeds: list[int],
+    trainer_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a baseline and a group-equivariant model on ``config["task"]`` and compare them.
 
@@ -501,6 +527,10 @@ def run_downstream(
         group: the DiscoveredGroup; 4x4 for jets, 2x2 for the field tasks.
         run_dir: folder for Lightning's files (created).
         seeds: model seeds (initial weights and batch order); the data stay the same.
+        trainer_kwargs: :class:`lightning.Trainer` arguments for every fit (``accelerator``,
+            ``devices``, ``precision``, ...; e.g. ``--trainer.*``), overriding
+            :func:`quiet_trainer`'s defaults; ``callbacks`` are added. Evaluation runs on the
+            CPU, where the Trainer hands the model back.
 
     Returns:
         report dict: ``task``, ``seeds``, ``group`` (dim, d, n_components), ``training``,
@@ -562,7 +592,10 @@ def run_downstream(
                 generator=torch.Generator().manual_seed(seed),
             )
             trainer = quiet_trainer(
-                opts["epochs"], run_dir / name / f"seed_{seed}", opts["gradient_clip_val"]
+                opts["epochs"],
+                run_dir / name / f"seed_{seed}",
+                opts["gradient_clip_val"],
+                trainer_kwargs=trainer_kwargs,
             )
             wall0, cpu0 = time.perf_counter(), time.process_time()
             trainer.fit(module, train_dataloaders=loader)
