@@ -8,6 +8,7 @@ compared after removing the generators' sign and scale) and no reflection coset.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,13 +19,15 @@ from atlasd.datasets.climate import climate_ground_truth, representation_error
 
 pytestmark = pytest.mark.slow
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def test_climate_discovery_end_to_end(tmp_path, capsys):
     run_dir = tmp_path / "climate"
     argv = [
         "discover",
         "--config",
-        "configs/climate.yaml",
+        str(CONFIGS / "climate.yaml"),
         "--data.n",
         "600",
         "--discovery.training.predictor_epochs",

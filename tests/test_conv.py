@@ -5,7 +5,6 @@ against atlasd.act: conv(g . f) == g . conv(f)."""
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -297,23 +296,3 @@ def test_conv_errors():
         EquivariantConv2d(group, 1, 1, 3, mode="exact")
     with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
         EquivariantConv2d(group, 2, 1, 3)(torch.zeros(1, 3, 5, 5))
-
-
-@pytest.mark.benchmark
-def test_speed_against_nn_conv2d():
-    """Forward + backward of a 16 -> 16 channel 5x5 layer on (32, 16, 64, 64) float32 inputs,
-    equivariant (8*S + 4*V, O(2)) vs nn.Conv2d; the equivariant layer adds one small kernel
-    contraction per call."""
-    gen = torch.Generator().manual_seed(0)
-    eq = EquivariantConv2d(o2(), 16, 16, 5, in_rep="8*S + 4*V", out_rep="8*S + 4*V", generator=gen)
-    plain = torch.nn.Conv2d(16, 16, 5, padding=2)
-    x = torch.randn(32, 16, 64, 64, generator=gen)
-    times = {}
-    for name, layer in (("equivariant", eq), ("nn.Conv2d", plain)):
-        layer(x).sum().backward()  # warm up
-        start = time.perf_counter()
-        for _ in range(3):
-            layer(x).square().mean().backward()
-        times[name] = (time.perf_counter() - start) / 3
-    print(f"forward+backward per call: {times}")
-    assert times["equivariant"] < 3 * times["nn.Conv2d"] + 0.05

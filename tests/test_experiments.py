@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import atlasd
+from atlasd.datasets import make_datamodule
 from atlasd.datasets.jets import jets_ground_truth
 from atlasd.datasets.sphere_digits import sphere_digits_ground_truth
 from atlasd.downstream.experiments import (
@@ -84,12 +85,29 @@ def test_jets_report_structure(jets_report):
         assert len(acc["values"]) == 2
         assert all(0.0 <= v <= 1.0 for v in acc["values"])
         auc = entry["metrics"]["auc"]["values"]
-        assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in auc)
+        assert len(auc) == 2 and all(0.0 <= v <= 1.0 for v in auc)  # both classes are tested
         assert acc["mean"] == pytest.approx(sum(acc["values"]) / 2)
         assert acc["sd"] == pytest.approx(abs(acc["values"][0] - acc["values"][1]) / math.sqrt(2))
         assert entry["wall_time_s"]["mean"] > 0 and entry["cpu_time_s"]["mean"] > 0
     lines = r["table"].splitlines()
     assert lines[0].startswith("| model | accuracy | auc |") and len(lines) == 4
+
+
+def test_group_built_model_beats_the_baseline_on_jets(jets_group, tmp_path):
+    """The classes differ only by the jet mass, a Lorentz invariant: the DeepSet built from
+    so(1,3) + parity reaches it, the one on raw 4-vectors hardly does. 800 jets of 4
+    constituents, 6 epochs (about 1 s). Measured over data seeds 0-4 x model seeds 0-3: AUC
+    0.857-0.927 (equivariant) against 0.459-0.555 (baseline), the gap at least 0.31 in every
+    pair; accuracy is not bounded (the equivariant model's threshold sometimes sits on one
+    class at this budget, 0.41-0.88)."""
+    cfg = _jets_config(epochs=6, lr=0.003)
+    cfg["data"] = {"n": 800, "n_constituents": 4, "test_fraction": 0.2, "seed": 0}
+    report = run_downstream(cfg, jets_group, tmp_path, [0, 1])
+    eq = report["models"]["equivariant"]["metrics"]["auc"]["values"]
+    base = report["models"]["baseline"]["metrics"]["auc"]["values"]
+    for e, b in zip(eq, base, strict=True):
+        assert e > 0.8, (eq, base)
+        assert e > b + 0.2, (eq, base)
 
 
 def test_parameter_counts(jets_report, jets_group, so2_group):
@@ -196,7 +214,7 @@ def test_mean_iou():
     assert mean_iou(target, target, 5) == 1.0  # absent classes 3, 4 are left out
 
 
-def test_climate_uses_channel_rep(tmp_path):
+def test_climate_uses_channel_rep(tmp_path, monkeypatch):
     from atlasd.datasets.climate import climate_ground_truth
 
     group = atlasd.DiscoveredGroup(**climate_ground_truth())
@@ -214,6 +232,30 @@ def test_climate_uses_channel_rep(tmp_path):
     # the input channels (TMQ, U850, V850, PSL) carry the group's in_rep (wind pair rotating)
     ((_, mult, block),) = list(first.rep_in.slices())
     assert mult == 1 and torch.allclose(block.generators, group.in_rep.to(block.generators))
+    # the report's mean IoU is the one of the trained model's test predictions: capture them
+    import atlasd.downstream.experiments as experiments
+
+    predicted = []
+
+    def predict(module, x, batch_size):
+        logits = real_predict(module, x, batch_size)
+        predicted.append((module, x, logits))
+        return logits
+
+    real_predict = experiments._predict
+    monkeypatch.setattr(experiments, "_predict", predict)
     report = run_downstream(cfg, group, tmp_path, [0])
     iou = report["models"]["equivariant"]["metrics"]["mean_iou"]["values"][0]
-    assert 0.0 <= iou <= 1.0
+    initial = build_models("climate", group, cfg["models"], in_channels=4, n_classes=3, seed=0)
+    kind = type(initial["equivariant"])
+    ((module, logits),) = [(m, lg) for m, _, lg in predicted if type(m.model) is kind]
+    dm = make_datamodule("climate", **cfg["data"])
+    dm.setup("fit")
+    assert torch.isfinite(logits).all() and logits.shape == (len(dm.y_test), 3, 32, 64)
+    assert iou == pytest.approx(mean_iou(logits.argmax(1), dm.y_test, 3), abs=1e-12)
+    # some pixels are right (measured 0.019-0.075 over data seeds 0-2 x model seeds 0-2 at this
+    # budget; 0 when no pixel is), and training moved the weights off their initial values
+    assert iou > 0.005
+    trained = torch.cat([p.detach().flatten() for p in module.model.parameters()])
+    start = torch.cat([p.flatten() for p in initial["equivariant"].parameters()])
+    assert trained.shape == start.shape and not torch.allclose(trained, start)

@@ -206,15 +206,36 @@ def test_binary_garbage(tmp_path):
         max_leaves=12,
     )
 )
-def test_fuzzed_documents_raise_value_error_only(tmp_path, junk):
+@pytest.mark.parametrize("base", ["empty", "valid"])
+def test_fuzzed_documents_raise_value_error_only(tmp_path, junk, base):
+    """Junk alone, or junk written over the fields of a valid O(2) file: loading either raises
+    ValueError or returns a group that keeps every documented invariant and round-trips."""
+    valid = json.loads(
+        DiscoveredGroup(
+            so2(), cosets=torch.stack([torch.eye(2), torch.diag(torch.tensor([1.0, -1.0]))])
+        )
+        .save(tmp_path / "valid.json")
+        .read_text()
+    )
     if isinstance(junk, dict):
-        junk = {"format": FORMAT, **junk}
+        junk = {**(valid if base == "valid" else {}), "format": FORMAT, **junk}
     p = tmp_path / "fuzz.json"
     p.write_text(json.dumps(junk))
     try:
-        DiscoveredGroup.load(p)
+        g = DiscoveredGroup.load(p)
     except ValueError:
-        pass
+        return
+    k, d = g.dim, g.d
+    assert g.algebra.dtype == torch.float64 and g.algebra.shape == (k, d, d)
+    assert torch.isfinite(g.algebra).all()
+    m = g.n_components
+    assert m >= 1 and g.cosets.shape == (m, d, d)
+    assert torch.allclose(g.cosets[0].to(torch.float64), torch.eye(d, dtype=torch.float64))
+    for rep in (g.in_rep, g.out_rep):
+        assert rep is None or (rep.shape[0] == k and rep.shape[1] == rep.shape[2])
+    again = DiscoveredGroup.load(g.save(tmp_path / "again.json"))
+    assert torch.equal(again.algebra, g.algebra) and torch.equal(again.cosets, g.cosets)
+    assert again.metadata == g.metadata
 
 
 def test_failed_save_leaves_previous_file_intact(tmp_path, o2, monkeypatch):

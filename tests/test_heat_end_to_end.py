@@ -6,6 +6,7 @@ Marked `slow`: excluded from the default test run, run by .ci/run.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,13 +16,15 @@ from atlasd.cli import main
 
 pytestmark = pytest.mark.slow
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def test_heat_discovery_end_to_end(tmp_path, capsys):
     run_dir = tmp_path / "heat"
     argv = [
         "discover",
         "--config",
-        "configs/heat.yaml",
+        str(CONFIGS / "heat.yaml"),
         "--data.n",
         "500",
         "--discovery.training.predictor_epochs",

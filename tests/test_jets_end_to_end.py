@@ -6,6 +6,7 @@ Marked `slow`: excluded from the default test run, run by .ci/run.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,15 +17,18 @@ from atlasd.datasets.jets import lorentz_generators
 
 pytestmark = pytest.mark.slow
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 F64 = torch.float64
 
 
 def test_jets_discovery_end_to_end(tmp_path, capsys):
+    """configs/jets.yaml was tuned on seeds 0-2; this run uses the held-out seed 3."""
     run_dir = tmp_path / "jets"
     argv = [
         "discover",
         "--config",
-        "configs/jets.yaml",
+        str(CONFIGS / "jets.yaml"),
         "--data.n",
         "10000",
         "--discovery.training.predictor_epochs",
@@ -32,7 +36,7 @@ def test_jets_discovery_end_to_end(tmp_path, capsys):
         "--run_dir",
         str(run_dir),
         "--seed",
-        "0",
+        "3",
     ]
     assert main(argv) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -193,11 +193,24 @@ def test_full_batch_excess_removes_the_minibatch_term_at_tight_localisation():
 # --- calibrated defaults ----------------------------------------------------------------------
 
 
-def test_default_estimate_two_layer_linear_within_15_percent():
-    model, data = calibration_case([5, 3, 5], 2)
-    est = estimate_llc(model, data)
+# Seed-to-seed spread of the default estimate on 5-3-5 rank 2 (model and data seed s, chains
+# seeded s; measured over s = 0-5: ratios 0.955, 1.069, 1.013, 0.900, 0.940, 0.936 to lambda =
+# 9.5, sd 0.062). The chains' own standard error (0.13-0.26) is 2-4x smaller: a new data set and
+# w* move the estimate by more than the sampler's noise, so a held-out seed is judged against
+# both.
+SEED_SD_535 = 0.062
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_default_estimate_two_layer_linear_within_15_percent(seed):
+    """The defaults were calibrated on seed 0; seed 3 is held out (measured 8.55 +- 0.26 against
+    lambda 9.5, 1.5 standard errors of chains and seeds together)."""
+    model, data = calibration_case([5, 3, 5], 2, seed=seed)
+    est = estimate_llc(model, data, seed=seed)
+    lam = rrr_lambda(5, 3, 5, 2)
     assert isinstance(est, LLCEstimate)
-    assert est.mean == pytest.approx(rrr_lambda(5, 3, 5, 2), rel=0.15)
+    assert est.mean == pytest.approx(lam, rel=0.15)
+    assert abs(est.mean - lam) < 3 * math.hypot(est.stderr, SEED_SD_535 * lam)
     assert est.per_chain.shape == (4,) and est.trace.shape == (4, 3000)
     assert est.std > 0 and est.healthy
 
@@ -363,12 +376,62 @@ def test_calibration_table():
     assert not failures, failures
 
 
-def test_step_check_extrapolates_the_minibatch_heating_away():
+# Held-out seeds (the defaults were calibrated on seed 0). Measured with the defaults, model,
+# data and chains seeded s = 1-5 (ratio to lambda):
+#   5-3-5 r=2 (9.5)       1.069 1.013 0.900 0.940 0.936   mean 0.972
+#   8-4-6 r=2 (16)        0.991 0.954 0.942 1.023 0.974   mean 0.977
+#   10-5-10 r=2 (29)      0.959 0.931 0.901 1.010 0.962   mean 0.953 (seed 0: 0.912)
+#   6-5-4-5-6 r=2 (12.5)  1.082 1.057 0.934 1.135 1.174   mean 1.076
+# The chains' standard errors are 2-7x smaller than the spread between seeds (z up to 6.7 for
+# one seed), so the statistical check is across seeds. 10-5-10 is low by 4.7 +- 1.8% (seeds
+# 1-5; 5.4 +- 1.6% with seed 0): a systematic error within the table's 15%, which the bound
+# allows for explicitly.
+HELD_OUT_SEEDS = [1, 2, 3, 4, 5]
+HELD_OUT_CASES = [([5, 3, 5], 2, 0.15), ([8, 4, 6], 2, 0.15), ([10, 5, 10], 2, 0.15)]
+HELD_OUT_CASES += [([6, 5, 4, 5, 6], 2, 0.25)]
+SYSTEMATIC = 0.06  # relative error the defaults are allowed on average (measured up to 5.4%)
+
+
+@pytest.mark.slow
+def test_calibration_on_held_out_seeds():
+    """On seeds the defaults were not tuned on, every estimate is within the calibration table's
+    tolerance, and the mean over seeds lies within 3 standard errors (across seeds) of lambda
+    plus the stated systematic allowance. About 2 minutes; prints the values."""
+    rows, failures = [], []
+    for widths, r, tol in HELD_OUT_CASES:
+        lam = deep_linear_lambda(widths, r)
+        means = []
+        for seed in HELD_OUT_SEEDS:
+            model, data = calibration_case(widths, r, seed=seed)
+            means.append(estimate_llc(model, data, seed=seed).mean)
+        ratios = [m / lam for m in means]
+        avg = sum(means) / len(means)
+        se = math.sqrt(sum((m - avg) ** 2 for m in means) / (len(means) - 1) / len(means))
+        name = "-".join(map(str, widths))
+        rows.append(
+            f"{name:>12} r={r}  lambda={lam:6.2f}  ratios={' '.join(f'{q:.3f}' for q in ratios)}"
+            f"  mean={avg:6.2f} +- {se:4.2f}  z={(avg - lam) / se:+.2f}"
+        )
+        if any(abs(q - 1) > tol for q in ratios):
+            failures.append(rows[-1] + f"  (a seed beyond {tol:.0%})")
+        if abs(avg - lam) > 3 * se + SYSTEMATIC * lam:
+            failures.append(rows[-1] + "  (mean beyond 3 standard errors + systematic)")
+    print("\n" + "\n".join(rows))
+    assert not failures, failures
+
+
+@pytest.mark.parametrize(("coarse_seed", "fine_seed"), [(0, 1), (4, 5)])
+def test_step_check_extrapolates_the_minibatch_heating_away(coarse_seed, fine_seed):
     """Minibatch gradient noise heats preconditioned SGLD by a factor 1 + O(step): on a
     misspecified linear regression (noise sd 3 against the unit variance of ``mse_nll``,
-    batch 256) the estimate at step 0.1 lands about 28% above the quadratic limit (measured
-    over 4 seed pairs: 1.26-1.29x), at step 0.05 6-18% above, and the linear extrapolation
-    to step 0 at 0.86-1.07x with a standard error of about 8%."""
+    batch 256) the estimate at step 0.1 lands about 28% above the quadratic limit, at step
+    0.05 6-22% above, and the linear extrapolation to step 0 near the limit. Measured over the
+    chain seed pairs (0, 1) ... (10, 11) with these settings: coarse 1.24-1.33x the limit and
+    8.8-13.4 of its standard errors above it; coarse - fine positive, 2.2-5.2 standard errors;
+    extrapolation 0.84-1.07x, within 2.2 of its standard errors (6-8% of the limit). With 32
+    chains over 8 pairs one pair had coarse - fine at 0.9 standard errors and the extrapolation
+    3.0 above, so the flag ``dependent`` (2 standard errors) is not asserted here: its rule is
+    checked exactly by test_step_dependence_is_exact_for_a_linear_bias. (4, 5) is held out."""
     from atlasd.downstream.llc import step_dependence
     from atlasd.downstream.ranks import gauss_newton_matrix
 
@@ -386,12 +449,14 @@ def test_step_check_extrapolates_the_minibatch_heating_away():
         "check": "off",
         "full_batch_every": 10,
     }
-    coarse = estimate_llc(model, (x, y), step_size=0.1, burn_in=100, seed=0, **kw)
-    fine = estimate_llc(model, (x, y), step_size=0.05, burn_in=200, seed=1, **kw)
+    coarse = estimate_llc(model, (x, y), step_size=0.1, burn_in=100, seed=coarse_seed, **kw)
+    fine = estimate_llc(model, (x, y), step_size=0.05, burn_in=200, seed=fine_seed, **kw)
     check = step_dependence((coarse.mean, coarse.stderr, 0.1), (fine.mean, fine.stderr, 0.05))
-    assert coarse.mean > 1.2 * target
-    assert check["dependent"] and check["difference"] > 0
-    assert abs(check["extrapolated"] - target) < 2.5 * check["extrapolated_stderr"]
+    # the heating is there, by many standard errors and a clear fraction of the limit
+    assert coarse.mean - target > 4 * coarse.stderr
+    assert coarse.mean > 1.1 * target
+    assert check["difference"] > 0
+    assert abs(check["extrapolated"] - target) < 3 * check["extrapolated_stderr"]
     assert check["extrapolated_stderr"] < 0.12 * target
 
 

@@ -118,7 +118,8 @@ def test_tanh_network_has_full_functional_dimension(n_in, h, n_out, seed):
 def test_deep_linear_is_r_min_times_m_plus_n_minus_r_min(widths, seed):
     model = deep_linear(widths, seed)
     m, n, r = widths[0], widths[-1], min(widths)
-    x = torch.randn(3 * n_params(model) // n + 10, m, dtype=F64)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    x = torch.randn(3 * n_params(model) // n + 10, m, generator=gen, dtype=F64)
     assert functional_dimension(model, x) == r * (m + n - r)
 
 

@@ -5,7 +5,6 @@ exactly the group of an uninterrupted run with the same seed."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -94,11 +93,34 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
     )
 
 
-def test_finished_run_is_not_redone_and_other_settings_are_refused(heat, tmp_path):
-    first = _discover(heat, tmp_path)
-    start = time.perf_counter()
-    again = _discover(heat, tmp_path)
-    assert time.perf_counter() - start < 5.0  # nothing is trained again
+class CountBatches(Callback):
+    """Count the training batches of every Lightning stage it is given to."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+
+
+def test_finished_run_is_not_redone_and_other_settings_are_refused(heat, tmp_path, monkeypatch):
+    from atlasd.discovery import api
+
+    searches = []
+    real_search = api.search_cosets
+
+    def counted_search(*args, **kwargs):
+        searches.append(1)
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(api, "search_cosets", counted_search)
+    trained = CountBatches()
+    first = _discover(heat, tmp_path, trainer_kwargs={"callbacks": [trained]})
+    assert trained.batches > 0 and len(searches) == 1
+    idle = CountBatches()
+    again = _discover(heat, tmp_path, trainer_kwargs={"callbacks": [idle]})
+    # nothing is trained or searched again (counted, not timed: callbacks are cosmetic settings)
+    assert idle.batches == 0 and len(searches) == 1
     assert again.metadata["resumed_stages"] == ["predictors", "basis", "cosets"]
     assert torch.equal(again.algebra, first.algebra)
     assert torch.equal(again.cosets, first.cosets)

@@ -131,11 +131,12 @@ def principal_cosines(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(A.flatten(1) @ B.flatten(1).T)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
 def test_noise_1e_3_keeps_the_true_basis(seed):
     """V⊗V -> V⊗V of so(1,3) with generators perturbed by 1e-3: the identity and the swap
     stay exact solutions and the two metric-built maps become slightly noisy; the solver keeps
-    all four, and they lie within ~1e-3 of the true basis."""
+    all four, and they lie within ~1e-3 of the true basis. Seeds 3-5 are held out (over seeds
+    0-29: gap 4.42-4.84 decades, 1 - smallest cosine <= 2.8e-6)."""
     gen = torch.Generator().manual_seed(seed)
     L = so13()
     noisy = L + 1e-3 * torch.randn(L.shape, generator=gen, dtype=F64)
@@ -191,37 +192,57 @@ def noisy_lorentz(noise: float, seed: int) -> DiscoveredGroup:
     return DiscoveredGroup(L, cosets=torch.stack([torch.eye(4, dtype=F64), PARITY_Z]))
 
 
-@pytest.mark.parametrize("noise", [1e-3, 1e-2, 3e-2])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_noisy_lorentz_keeps_the_metric_invariant(noise, seed):
+# noise_factor (downstream/solver.py) was calibrated on seeds 0-2; seeds 3-9 are held out. Over
+# seeds 0-29 (measured when this test was written) V⊗V -> S of noisy_lorentz(noise, seed) has:
+#   noise  gap above the metric  tau / metric eigenvalue  next eigenvalue / tau  plain rule
+#   1e-3   4.73-5.07 decades     >= 2.40                   >= 18200              rank 1 (all 30)
+#   1e-2   2.72-3.07             >= 2.40                   >= 172                rank 1 (all 30)
+#   3e-2   1.75-2.10             >= 2.45                   >= 18.7               rank 0 on 26 of 30
+#   5e-2   1.28-1.64             >= 2.47                   >= 6.0                rank 0 (all 30)
+# so the plain rule's failure is asserted at 5e-2 (0.36 decades below min_gap = 2), not at 3e-2
+# where the gap straddles 2 decades.
+NOISE_SEEDS = range(10)  # 0-2 tuned on, 3-9 held out
+
+
+@pytest.mark.parametrize("noise", [1e-3, 1e-2, 3e-2, 5e-2])
+def test_noisy_lorentz_keeps_the_metric_invariant(noise):
     """V⊗V -> S of a noisy so(1,3) (similarity 0.994 at 3e-2) has one solution, the
-    Minkowski metric, found to cosine > 0.99. At 3e-2 the gap above the metric is under 2
-    decades (measured 1.7-1.9), so the plain gap rule (noise_factor=0) lost it and the gates
-    of a discovered jets group saw no invariant; the measured noise bound keeps it."""
-    group = noisy_lorentz(noise, seed)
-    V, S = Rep.vector(group), Rep.scalar(group)
-    sol = solve(group, V * V, S)
-    assert sol.rank == 1
-    M = sol.basis[0].reshape(4, 4)
-    cos = abs(float((M * ETA).sum())) / (float(M.norm()) * float(ETA.norm()))
-    assert cos > 0.99
-    assert sol.eigenvalues[0] <= sol.threshold < sol.eigenvalues[1]
-    # the same through invariant_forms, which the gates use
-    forms = invariant_forms(V.blocks[0][1])
-    assert forms.shape == (1, 4, 4)
-    plain = solve(group, V * V, S, noise_factor=0.0)
-    if noise == 3e-2:
-        assert plain.rank == 0  # the failure this rule fixes
-        assert float(torch.log10(sol.eigenvalues[1] / sol.eigenvalues[0])) < 2.0
-    else:
-        assert plain.rank == 1
+    Minkowski metric, found to cosine > 0.99. Past about 3e-2 the gap above the metric falls
+    under 2 decades, so the plain gap rule (noise_factor=0) lost it and the gates of a
+    discovered jets group saw no invariant; the measured noise bound keeps it, with margin on
+    both sides (table above)."""
+    for seed in NOISE_SEEDS:
+        group = noisy_lorentz(noise, seed)
+        V, S = Rep.vector(group), Rep.scalar(group)
+        sol = solve(group, V * V, S)
+        assert sol.rank == 1, seed
+        M = sol.basis[0].reshape(4, 4)
+        cos = abs(float((M * ETA).sum())) / (float(M.norm()) * float(ETA.norm()))
+        assert cos > 0.99, seed  # measured >= 0.9979 at 5e-2
+        # the metric sits below the noise bound and the first constraint above it, each by a
+        # factor (measured >= 2.4 and >= 6.0) that leaves room for other seeds
+        assert float(sol.eigenvalues[0]) * 1.5 <= sol.threshold, seed
+        assert sol.threshold * 3.0 < float(sol.eigenvalues[1]), seed
+        # the same through invariant_forms, which the gates use
+        forms = invariant_forms(V.blocks[0][1])
+        assert forms.shape == (1, 4, 4)
+        plain = solve(group, V * V, S, noise_factor=0.0)
+        gap = float(torch.log10(sol.eigenvalues[1] / sol.eigenvalues[0]))
+        if noise == 5e-2:
+            assert plain.rank == 0, seed  # the failure this rule fixes
+            assert gap < 1.8, seed  # measured <= 1.64
+        elif noise <= 1e-2:
+            assert plain.rank == 1, seed
+            assert gap > 2.4, seed  # measured >= 2.72
 
 
-@pytest.mark.parametrize("noise", [1e-2, 3e-2])
+@pytest.mark.parametrize("noise", [1e-2, 3e-2, 5e-2])
 def test_noise_rule_adds_no_spurious_solutions(noise):
     """Maps with no solution for so(1,3) + parity stay empty under noise, and the others keep
-    the exact dimensions (V⊗V -> V⊗V: 3, V -> V⊗V⊗V: 3, V⊗V⊗V -> S: 0, V⊗V -> V: 0)."""
-    for seed in range(3):
+    the exact dimensions (V⊗V -> V⊗V: 3, V -> V⊗V⊗V: 3, V⊗V⊗V -> S: 0, V⊗V -> V: 0), on
+    the seeds the noise rule was tuned on (0-2) and held-out ones (3-9; all right on seeds
+    0-29 at noise up to 5e-2 when measured)."""
+    for seed in NOISE_SEEDS:
         group = noisy_lorentz(noise, seed)
         V, S = Rep.vector(group), Rep.scalar(group)
         for rin, rout, expected in [

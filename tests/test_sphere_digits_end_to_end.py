@@ -6,6 +6,7 @@ Marked `slow`: excluded from the default test run, run by .ci/run.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,13 +16,15 @@ from atlasd.cli import main
 
 pytestmark = pytest.mark.slow
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def test_sphere_digits_discovery_end_to_end(tmp_path, capsys):
     run_dir = tmp_path / "sphere_digits"
     argv = [
         "discover",
         "--config",
-        "configs/sphere_digits.yaml",
+        str(CONFIGS / "sphere_digits.yaml"),
         "--data.n",
         "1000",
         "--data.n_test",
