@@ -314,8 +314,8 @@ def _cmd_show(cfg) -> int:
     # the readable form and closure residual are stored by the writer (computed with torch);
     # a file that lacks them shows the standard form, and no residual
     stored = doc.get("algebra_sparse")
-    readable = (
-        parts.algebra if stored is None else group_file.check_matrices(stored, "algebra_sparse")
+    readable = (  # empty when k = 0, like the algebra
+        group_file.check_matrices(stored, "algebra_sparse") if stored else parts.algebra
     )
     if cfg.json:
         print(json.dumps(doc, indent=1))
@@ -330,7 +330,7 @@ def _cmd_show(cfg) -> int:
         print(text)
     if not cfg.no_plot:
         plot = Path(cfg.plot) if cfg.plot else path.with_suffix(".png")
-        group_file.plot_generators(readable, plot)
+        group_file.plot_generators(readable, plot, cosets=parts.cosets)
         print(f"plot written to {plot}", file=sys.stderr)
     return 0
 

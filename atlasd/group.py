@@ -49,8 +49,10 @@ class DiscoveredGroup:
     """A Lie group found in data: algebra, components and channel representations.
 
     Args:
-        algebra: (k, d, d) generators; converted to the standard form of their span (float64,
-            orthonormal under the Frobenius inner product) unless ``standardize=False``.
+        algebra: (k, d, d) generators, converted to the standard form of their span (float64,
+            orthonormal under the Frobenius inner product) unless ``standardize=False``. k = 0,
+            shape (0, d, d), is a group with no continuous symmetry: its components are the
+            cosets.
         cosets: (m, d, d) one representative per connected component, the identity first.
             None means the identity component only.
         in_rep, out_rep: (k, c, c) generators of the representations on input / output channels,
@@ -74,7 +76,7 @@ class DiscoveredGroup:
     ) -> None:
         parts = group_file.check_parts(algebra, cosets, in_rep, out_rep, metadata)
         raw = torch.from_numpy(parts.algebra)
-        if standardize:
+        if standardize and raw.shape[0] > 0:
             std = lie.standard_form(raw)
             if std.shape[0] == 0:
                 raise ValueError("algebra generators are all zero")
@@ -226,7 +228,9 @@ class DiscoveredGroup:
     def plot(self, path: str | os.PathLike, n_orbits: int = 6) -> Path:
         """Save a figure: heatmap of each generator (readable form) and, for 2x2 generators, the
         vector field ``L p`` with orbits ``exp(tL) p0``. Headless (Agg canvas, no pyplot state)."""
-        return group_file.plot_generators(lie.sparse_form(self.algebra).numpy(), path, n_orbits)
+        return group_file.plot_generators(
+            lie.sparse_form(self.algebra).numpy(), path, n_orbits, cosets=self.cosets.numpy()
+        )
 
 
 def render_generators(generators: torch.Tensor, title: str = "") -> Any:

@@ -79,14 +79,16 @@ def check_parts(
     """Check a group's parts: shapes, finiteness, representations with one generator per
     algebra generator, cosets on the same R^d with the identity first, JSON metadata.
 
-    Returns the parts as float64 arrays (``cosets=None`` becomes the identity alone).
+    Returns the parts as float64 arrays (``cosets=None`` becomes the identity alone). An algebra
+    of shape ``(0, d, d)`` is a valid answer (no continuous symmetry: the group is its cosets);
+    it has no representations, so empty ones become None.
     """
     alg = check_matrices(algebra, "algebra")
     k, d = alg.shape[0], alg.shape[-1]
-    if k < 1:
-        raise ValueError("algebra has zero generators; a group needs at least one")
     reps = []
     for name, rep in (("in_rep", in_rep), ("out_rep", out_rep)):
+        if k == 0 and rep is not None and len(rep) == 0:
+            rep = None
         r = None if rep is None else check_matrices(rep, name)
         if r is not None and r.shape[0] != k:
             raise ValueError(f"{name} has {r.shape[0]} generators but the algebra has {k}")
@@ -136,11 +138,17 @@ def parts_from_document(doc: Any) -> GroupParts:
     for key in ("algebra", "cosets"):
         if key not in doc:
             raise ValueError(f"group document has no {key!r} entry")
-    algebra = check_matrices(doc["algebra"], "algebra")
+    algebra = doc["algebra"]
+    if isinstance(algebra, list) and not algebra:  # k = 0: the size of R^d is in "d"
+        d = doc.get("d")
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValueError(f"an empty algebra needs 'd', a positive integer; got {d!r}")
+        algebra = np.zeros((0, d, d))
+    algebra = check_matrices(algebra, "algebra")
     for key, actual in (("dim", algebra.shape[0]), ("d", algebra.shape[-1])):
         if key in doc and doc[key] != actual:
             raise ValueError(f"{key!r} says {doc[key]} but the algebra has {key} = {actual}")
-    Q = algebra.reshape(algebra.shape[0], -1)
+    Q = algebra.reshape(algebra.shape[0], algebra.shape[-1] ** 2)
     if Q.shape[0] and not np.allclose(Q @ Q.T, np.eye(Q.shape[0]), atol=1e-8):
         raise ValueError("algebra is not in standard form (orthonormal generators)")
     metadata = doc.get("metadata") or {}
@@ -215,16 +223,28 @@ def _expm(A: np.ndarray) -> np.ndarray:
     return E
 
 
-def plot_generators(readable: np.ndarray, path: str | os.PathLike, n_orbits: int = 6) -> Path:
+def plot_generators(
+    readable: np.ndarray,
+    path: str | os.PathLike,
+    n_orbits: int = 6,
+    cosets: np.ndarray | None = None,
+) -> Path:
     """Save a figure of generators ``(k, d, d)`` (readable form): a heatmap of each and, for 2x2
-    generators, the vector field ``L p`` with orbits ``exp(tL) p0``. Headless (Agg canvas, no
-    pyplot state); written atomically. Returns the path."""
+    generators, the vector field ``L p`` with orbits ``exp(tL) p0``. With no generators (k = 0,
+    no continuous symmetry) the component representatives ``cosets (m, d, d)`` are drawn
+    instead. Headless (Agg canvas, no pyplot state); written atomically. Returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     gens = np.asarray(readable, dtype=np.float64)
+    titles = [f"generator {i}" for i in range(gens.shape[0])]
+    if gens.shape[0] == 0:
+        if cosets is None:
+            raise ValueError("a group with no generators is drawn by its cosets; pass cosets")
+        gens = np.asarray(cosets, dtype=np.float64)
+        titles = [f"component {i} (no continuous symmetry)" for i in range(gens.shape[0])]
     k, d = gens.shape[0], gens.shape[-1]
-    planar = d == 2
+    planar = d == 2 and len(readable) > 0
     n_rows = 2 if planar else 1
     fig = Figure(figsize=(3.6 * k + 0.8, 3.4 * n_rows), constrained_layout=True)
     FigureCanvasAgg(fig)
@@ -233,7 +253,7 @@ def plot_generators(readable: np.ndarray, path: str | os.PathLike, n_orbits: int
     for i in range(k):
         ax = axes[0, i]
         im = ax.imshow(gens[i], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-        ax.set_title(f"generator {i}")
+        ax.set_title(titles[i])
         ax.set_xticks(range(d))
         ax.set_yticks(range(d))
         if d <= 6:

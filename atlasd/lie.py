@@ -53,16 +53,14 @@ def _check_basis(L: torch.Tensor, name: str = "basis") -> torch.Tensor:
         L = L.unsqueeze(0)
     if L.ndim != 3 or L.shape[-1] != L.shape[-2]:
         raise ValueError(f"{name} must have shape (k, d, d), got {tuple(L.shape)}")
-    if L.shape[0] < 1:
-        raise ValueError(f"{name} has zero generators; at least one is needed")
     if not torch.isfinite(L).all():
         raise ValueError(f"{name} contains NaN or Inf entries")
     return L
 
 
 def _vec(L: torch.Tensor) -> torch.Tensor:
-    """(k, d, d) -> (k, d*d), column-major vectorisation."""
-    return L.transpose(-1, -2).reshape(L.shape[0], -1)
+    """(k, d, d) -> (k, d*d), column-major vectorisation (k = 0 included)."""
+    return L.transpose(-1, -2).reshape(L.shape[0], L.shape[-1] * L.shape[-2])
 
 
 def _unvec(V: torch.Tensor, d: int) -> torch.Tensor:
@@ -249,6 +247,8 @@ def similarity(A: torch.Tensor, B: torch.Tensor) -> float:
             f"cannot compare generators of size {A.shape[-1]} with generators of size {B.shape[-1]}"
         )
     k, j = A.shape[0], B.shape[0]
+    if k == j == 0:
+        return 1.0  # two trivial algebras (no continuous symmetry) are equal spans
     Qa, Qb = orthonormal_basis(A), orthonormal_basis(B)
     if Qa.shape[0] == 0 or Qb.shape[0] == 0:
         return 0.0

@@ -48,8 +48,6 @@ def test_reps_follow_the_change_of_basis():
 
 
 def test_constructor_errors():
-    with pytest.raises(ValueError, match="zero generators"):
-        DiscoveredGroup(torch.zeros(0, 2, 2))
     with pytest.raises(ValueError, match="all zero"):
         DiscoveredGroup(torch.zeros(1, 2, 2))
     with pytest.raises(ValueError, match="identity first"):
@@ -275,3 +273,31 @@ def test_plot_writes_png(tmp_path, o2):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     q = DiscoveredGroup(so13()).plot(tmp_path / "lorentz.png")
     assert q.stat().st_size > 10_000
+
+
+def test_trivial_algebra_is_a_group_of_cosets(tmp_path):
+    """k = 0 (no continuous symmetry): saves, loads, prints, plots and answers membership by
+    its components alone."""
+    flips = torch.stack([torch.eye(2), REFLECT, -REFLECT, -torch.eye(2)])
+    G = DiscoveredGroup(torch.zeros(0, 2, 2), cosets=flips, in_rep=torch.zeros(0, 3, 3))
+    assert (G.dim, G.d, G.n_components) == (0, 2, 4)
+    assert G.in_rep is None  # no generators, nothing to represent
+    assert repr(G) == "DiscoveredGroup(dim=0, d=2, n_components=4)"
+    for i, h in enumerate(flips):
+        assert G.component_of(h) == i
+    rotation = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    assert not G.contains(rotation) and not G.contains(1.01 * torch.eye(2))
+    assert G.same_component(REFLECT, REFLECT) and not G.same_component(REFLECT, -REFLECT)
+    samples = G.sample(64, generator=torch.Generator().manual_seed(0))
+    assert all(any(torch.equal(s, h) for h in flips) for s in samples)
+    assert G.similarity(torch.zeros(0, 2, 2)) == 1.0 and G.similarity(so2()) == 0.0
+    path = G.save(tmp_path / "k0.json")
+    doc = json.loads(path.read_text())
+    assert (doc["dim"], doc["d"], doc["algebra"], doc["in_rep"]) == (0, 2, [], None)
+    H = DiscoveredGroup.load(path)
+    assert H.dim == 0 and torch.equal(H.cosets, G.cosets) and H.metadata == G.metadata
+    assert "component 3 representative (det +1.000)" in H.summary()
+    assert H.plot(tmp_path / "k0.png").stat().st_size > 10_000
+    bad = {**doc, "d": 0}
+    with pytest.raises(ValueError, match="an empty algebra needs 'd', a positive integer"):
+        DiscoveredGroup.from_dict(bad)

@@ -44,9 +44,17 @@ def test_exp_combination_is_differentiable():
     assert L.grad is not None and torch.isfinite(L.grad).all() and L.grad.abs().sum() > 0
 
 
-def test_zero_generators_rejected():
-    with pytest.raises(ValueError, match="zero generators"):
-        lie.sample_group(torch.zeros(0, 2, 2), 3)
+def test_zero_generators_are_the_trivial_algebra():
+    # k = 0 is a valid answer (no continuous symmetry): its only element is the identity
+    empty = torch.zeros(0, 2, 2, dtype=F64)
+    assert torch.equal(lie.sample_group(empty, 3), torch.eye(2, dtype=F64).expand(3, 2, 2))
+    assert lie.similarity(empty, empty) == 1.0 and lie.similarity(empty, so2()) == 0.0
+    assert lie.standard_form(empty).shape == (0, 2, 2) == lie.sparse_form(empty).shape
+    assert lie.closure_residual(empty) == 0.0
+    assert lie.in_identity_component(torch.eye(2, dtype=F64), empty)
+    assert not lie.in_identity_component(torch.tensor([[0.0, -1.0], [1.0, 0.0]]), empty)
+    with pytest.raises(ValueError, match="shape \\(k, d, d\\)"):
+        lie.sample_group(torch.zeros(0, 2), 3)
     with pytest.raises(ValueError, match="NaN or Inf"):
         lie.orthonormal_basis(torch.full((1, 2, 2), float("nan")))
 
