@@ -13,8 +13,9 @@ digits), for every seed. For each trained model it measures, at the trained weig
 
 * ``raw_parameters`` / ``free_parameters`` (:func:`count_parameters`);
 * the local learning coefficient (:func:`estimate_llc`) with its per-chain values;
-* the functional dimension (rank of ``d f / d w`` on ``n_rank`` training samples, float64,
-  default tolerance of :func:`jacobian_spectrum`);
+* the functional dimension (rank of ``d f / d w`` on ``n_rank`` training samples, computed in
+  float64 and cut at the working precision of the data and parameters, the default tolerance
+  of :func:`jacobian_spectrum`);
 * the Gauss-Newton matrix ``G`` of the negative log-likelihood: its rank from the exact whitened
   Jacobian on the ``n_rank`` samples (same tolerance), and its spectrum from an unbiased
   randomised estimate over all ``n`` samples (:func:`gauss_newton_probe`, ``4 d`` probes), which

@@ -35,6 +35,25 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "sd": sd, "values": [float(v) for v in values]}
 
 
+def _smallest_gap(runs: list[dict]) -> float | None:
+    """The least clean rank cut over ``runs``: the smallest ``rank_gap`` (``sigma_r /
+    sigma_{r+1}`` of the Jacobian at the functional dimension's cut; ``inf`` when nothing was
+    cut), or None when a run did not record it."""
+    gaps = [r.get("rank_gap") for r in runs]
+    if not gaps or any(g is None for g in gaps):
+        return None
+    return min(float(g) for g in gaps)
+
+
+def _rank_cell(e: dict[str, Any]) -> str:
+    """Functional dimension with the smallest gap at its cut over seeds."""
+    gap = e.get("rank_gap")
+    if gap is None:
+        return _pm(e["functional_dimension"], ".0f")
+    tail = "gap ∞" if math.isinf(gap) else f"gap {gap:.1e}"
+    return f"{_pm(e['functional_dimension'], '.0f')} ({tail})"
+
+
 _SUMMARY_KEYS = (
     "hessian_min_eigenvalue",
     "train_nll",
@@ -160,6 +179,7 @@ def summarise_degeneracy(
                 "llc": _stats([r["llc"]["mean"] for r in rs]),
                 "llc_chain_sd": _stats([r["llc"]["std"] for r in rs]),
                 "gauss_newton_rank": _stats([r["gauss_newton"]["rank"] for r in rs]),
+                "rank_gap": _smallest_gap(rs),
                 "healthy": all(r["llc"]["healthy"] for r in rs),
                 "emulability": [
                     _stats([r["emulability"][i]["residual"] for r in rs])
@@ -264,7 +284,7 @@ def _table(report: dict[str, Any]) -> str:
         "chain sd",
         "LLC at the smaller step; extrapolated to step 0",
         "GN rank",
-        "functional dim",
+        "functional dim (smallest gap σ_r/σ_r+1 at the cut)",
         "effective dim / 2",
         "Hessian λ_min",
         "gradient bias",
@@ -288,7 +308,7 @@ def _table(report: dict[str, Any]) -> str:
                     format(e["llc_chain_sd"]["mean"], ".2f"),
                     _step_cell(e),
                     _pm(e["gauss_newton_rank"], ".0f"),
-                    _pm(e["functional_dimension"], ".0f"),
+                    _rank_cell(e),
                     format(e["effective_dimension"]["mean"] / 2, ".2f"),
                     _pm(e["hessian_min_eigenvalue"], ".3g"),
                     _pm(e["gradient_bias"], ".2f"),

@@ -108,8 +108,12 @@ def test_dead_relu_units_remove_n_in_plus_n_out_more(dead):
     n_in=st.integers(1, 3), h=st.integers(1, 4), n_out=st.integers(1, 2), seed=st.integers(0, 99)
 )
 def test_tanh_network_has_full_functional_dimension(n_in, h, n_out, seed):
+    # float64, as the exact value is stated: some one-input tanh networks have genuine singular
+    # values below float32's resolution (n_in=1, h=2, seed=81: 2.2e-6 of the largest), which
+    # the rank at float32's working precision rightly does not count
     model = one_hidden(n_in, h, n_out, nn.Tanh(), seed)
-    x = inputs_for(model, n_in, n_out, seed)
+    x = inputs_for(model, n_in, n_out, seed).to(F64)
+    model = model.to(F64)
     assert functional_dimension(model, x) == n_params(model)
 
 
