@@ -59,12 +59,13 @@ class DiscoveryConfig:
     ``scale`` (std of the
     coefficients of unit-norm generators), ``loss`` ("l1"/"mse"), ``overlap_weight``,
     ``overlap_kind``, ``magnitude_weight``, ``magnitude_clamp``, ``normalize``.
-    Stage 3 (cosets): ``coset_candidates``, ``coset_steps``, ``coset_lr``, ``coset_batch``,
-    ``coset_threshold``, ``coset_rel_threshold``, ``coset_ref_scale``, ``merge_tol``: a
-    candidate h is kept when ``loss(h G0) <= loss_far + threshold``, where ``loss_far`` is the
-    loss of identity-component elements sampled at scale ``coset_ref_scale`` (far from the
-    identity, where a genuine coset lies) and the threshold is ``coset_threshold`` (absolute) or,
-    when None, ``coset_rel_threshold * loss_far``.
+    Stage 3 (cosets): ``coset_candidates`` random starts, ``coset_steps`` Adam steps at
+    ``coset_lr`` on all of them, then at most ``coset_polish_steps`` more on the unresolved ones
+    (each stops when its loss plateaus; default: as many as ``coset_steps``), ``coset_batch``
+    samples per score. Which candidates are kept and merged is decided by tolerances measured on
+    the problem (see :mod:`atlasd.discovery.cosets`); ``coset_threshold`` (absolute, on the loss
+    excess over the identity) replaces the measured keep threshold. ``merge_tol`` is the group's
+    default membership tolerance (``DiscoveredGroup.contains``).
     General: ``batch_size``, ``trainer_kwargs`` (passed to every Lightning Trainer, overriding
     its defaults: ``accelerator="auto"``, a GPU when one is visible, ``devices=1``),
     ``run_dir`` (stage checkpoints and results, see :mod:`atlasd.discovery.resume`: a rerun with
@@ -96,9 +97,8 @@ class DiscoveryConfig:
     coset_steps: int = 60
     coset_lr: float = 0.05
     coset_batch: int = 8
+    coset_polish_steps: int | None = None
     coset_threshold: float | None = None
-    coset_rel_threshold: float = 0.25
-    coset_ref_scale: float = 2.0
     merge_tol: float = 0.15
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
     run_dir: str | None = None
@@ -177,31 +177,20 @@ def _finish(
     elif coset_score is not None:
         stage_line(progress_mode(cfg.progress), "stage 3/3 cosets")
         start = time.perf_counter()
-        # Reference: the loss of identity-component elements far from the identity. An imperfect
-        # predictor is less equivariant far from the identity than near it, and a genuine
-        # coset h G0 lies far from the identity, so this (not the near-identity loss) is what a
-        # true coset representative must match.
-        gen = torch.Generator().manual_seed(seed)
-        eye = torch.eye(L.shape[-1])[None]
-        far = float(sum(coset_score(eye, gen, cfg.coset_ref_scale) for _ in range(4)) / 4)
-        threshold = (
-            cfg.coset_threshold
-            if cfg.coset_threshold is not None
-            else cfg.coset_rel_threshold * far
-        )
         report = search_cosets(
             coset_score,
             algebra,
             n_candidates=cfg.coset_candidates,
             steps=cfg.coset_steps,
             lr=cfg.coset_lr,
-            threshold=threshold,
-            reference=far,
-            merge_tol=cfg.merge_tol,
+            polish_steps=(
+                cfg.coset_steps if cfg.coset_polish_steps is None else cfg.coset_polish_steps
+            ),
+            threshold=cfg.coset_threshold,
+            scale=cfg.scale,
             seed=seed,
         )
         cosets = report.pop("cosets")
-        report["far_reference_loss"] = far
         metadata["cosets"] = report
         timings["cosets"] = time.perf_counter() - start
         store.finish("cosets", report, {"cosets": cosets})
@@ -557,16 +546,19 @@ def discover_local(
             xb, bb = patches[idx], base[idx]
             K = xb.shape[1]
             r_in = r_out = None
+            # one g0 per sample and chart, shared by all candidates: their losses are paired
             if basis.in_rep is None and basis.out_rep is None:
-                g0 = lie.sample_group(algebra32, (n_c, b, K), scale=scale, generator=gen)
+                g0 = lie.sample_group(algebra32, (1, b, K), scale=scale, generator=gen)
             else:
                 # with learned representations the identity component acts on the channels too
                 # (rotating a wind field rotates its vectors); the candidate h acts on channels
                 # trivially, since no representation of a discrete element is learned
                 with torch.no_grad():
-                    g0, r_in, r_out = basis.sample((n_c, b, K), scale, gen)
+                    g0, r_in, r_out = basis.sample((1, b, K), scale, gen)
                 r_in, r_out = (
-                    None if r is None else r.reshape(n_c * b, K, *r.shape[-2:])
+                    None
+                    if r is None
+                    else r.expand(n_c, -1, -1, -1, -1).reshape(n_c * b, K, *r.shape[-2:])
                     for r in (r_in, r_out)
                 )
             g = (hs[:, None, None] @ g0.to(hs.dtype)).reshape(n_c * b, K, 2, 2)
@@ -655,7 +647,8 @@ def discover_global(
         def coset_score(hs: Tensor, gen: torch.Generator, scale: float = cfg.scale) -> Tensor:
             n_c, b = hs.shape[0], max(cfg.coset_batch, 64)
             idx = torch.randint(n, (b,), generator=gen)
-            g0 = lie.sample_group(algebra32, (n_c, b), scale=scale, generator=gen)
+            # one g0 per sample, shared by all candidates: their losses are paired
+            g0 = lie.sample_group(algebra32, (1, b), scale=scale, generator=gen)
             g = (hs[:, None] @ g0.to(hs.dtype)).reshape(n_c * b, d, d)
             xr = x[idx].repeat((n_c,) + (1,) * (x.ndim - 1))
             br = base[idx].repeat(n_c, 1)
@@ -758,8 +751,9 @@ def discover_distribution(
         def coset_score(hs: Tensor, gen: torch.Generator, scale: float = cfg.scale) -> Tensor:
             idx = torch.randperm(n, generator=gen)[: 2 * m]
             a, b = x[idx[:m]], x[idx[m:]]
-            g0 = lie.sample_group(algebra32, (hs.shape[0], m), scale=scale, generator=gen)
-            moved = torch.einsum("cij,cbjk,bk->cbi", hs, g0.to(hs.dtype), a)
+            # one g0 per sample, shared by all candidates: their losses are paired
+            g0 = lie.sample_group(algebra32, (m,), scale=scale, generator=gen)
+            moved = torch.einsum("cij,bjk,bk->cbi", hs, g0.to(hs.dtype), a)
             # geomloss batches (C, m, d) point clouds: all candidates in one call
             per = objective.candidates(*_on(place, moved, b))
             return per.to(device=hs.device, dtype=hs.dtype)
