@@ -1,6 +1,6 @@
 """Charts, atlases and the action of 2x2 matrices on local patches.
 
-Conventions (DESIGN.md section 3; tested, never implicit):
+Conventions (docs/conventions.md; tested, never implicit):
 
 * A :class:`Chart` of radius ``r`` is a ``(2r+1) x (2r+1)`` patch centred exactly on the pixel
   ``(row, col)`` of a field. Patch pixel ``(i, j)`` (row, column inside the patch) has local

@@ -1,6 +1,6 @@
 """Self-check of the geometry conventions on this machine (``atlasd check``).
 
-Measures, on random smooth fields, the three properties DESIGN.md section 3 promises: rotation by
+Measures, on random smooth fields, the three properties docs/conventions.md promises: rotation by
 exp(pi/2 J) equals torch.rot90 counter-clockwise, the action composes (g.(h.f) = (gh).f up to
 interpolation error) and the chart centre is a fixed point. Returns numbers, not booleans, so a
 user can see how close to the tolerances a build is.

@@ -1,4 +1,4 @@
-"""The discovery entry points: discover_local and discover_global (DESIGN.md section 4).
+"""The discovery entry points: discover_local, discover_global and discover_distribution.
 
 Pipeline: (1) predictors, trained on (x, y) or given as a fixed callable, frozen in eval mode;
 (2) F(x) computed once and reused (the frozen predictor's untransformed output never changes);

@@ -1,6 +1,6 @@
 """Convolutions on charts that are equivariant to a discovered group of 2x2 matrices.
 
-Convention (DESIGN.md section 3): ``(g . f)(p) = rho(g) f(g^-1 p)`` in chart coordinates
+Convention (docs/conventions.md): ``(g . f)(p) = rho(g) f(g^-1 p)`` in chart coordinates
 ``x = column - r`` (right), ``y = r - row`` (up), as :func:`atlasd.act`. ``F.conv2d`` computes
 ``out(p) = sum_z K(z) f(p + z)`` with ``z`` the local coordinates of the kernel pixel, so
 ``conv(g . f) = g . conv(f)`` holds exactly when
