@@ -89,21 +89,27 @@ def test_minkowski_norm_has_the_four_components_of_o13():
     check_components(G, truth)
 
 
+def _discover_laplacian(fields, a: float, b: float, n_generators: int):
+    """discover_local with the fixed predictor a f_xx + b f_yy on the smooth fields; basis
+    budgets as the tests below say (the algebra itself is not found in the default 3 epochs)."""
+    x, atlas = fields
+    return atlasd.discover_local(
+        x,
+        atlas=atlas,
+        predictor=laplacian(a, b),
+        n_generators=n_generators,
+        out_radius=5,
+        basis_epochs=12,
+        basis_lr=0.03,
+    )
+
+
 def test_anisotropic_laplacian(fields):
     # f_xx + 4 f_yy commutes with the g that preserve the form diag(1, 4): a conjugate of O(2)
     # with algebra [[0, -1/2], [2, 0]] (up to scale); -I is in its identity component, the
     # reflections diag(1, -1) ~ diag(-1, 1) form the other. The swap of x and y is no symmetry.
     # basis_epochs / basis_lr: the algebra is not found in 3 epochs.
-    x, atlas = fields
-    G = atlasd.discover_local(
-        x,
-        atlas=atlas,
-        predictor=laplacian(1.0, 4.0),
-        n_generators=1,
-        out_radius=5,
-        basis_epochs=12,
-        basis_lr=0.03,
-    )
+    G = _discover_laplacian(fields, 1.0, 4.0, n_generators=1)
     assert G.similarity(torch.tensor([[[0.0, -0.5], [2.0, 0.0]]])) > 0.99
     check_components(G, [torch.eye(2, dtype=F64), diag(1, -1)])
     assert G.contains(-torch.eye(2, dtype=F64)) and G.contains(diag(-1, 1))
@@ -113,30 +119,12 @@ def test_anisotropic_laplacian(fields):
 def test_anisotropic_laplacian_with_a_spare_generator(fields):
     # the outside check's setting: two generators for a 1-d symmetry. Whatever the spare one
     # learns, no noisy element of the identity component may come out as a third component.
-    x, atlas = fields
-    G = atlasd.discover_local(
-        x,
-        atlas=atlas,
-        predictor=laplacian(1.0, 4.0),
-        n_generators=2,
-        out_radius=5,
-        basis_epochs=12,
-        basis_lr=0.03,
-    )
+    G = _discover_laplacian(fields, 1.0, 4.0, n_generators=2)
     check_components(G, [torch.eye(2, dtype=F64), diag(1, -1)])
 
 
 def test_isotropic_laplacian(fields):
     # basis_epochs / basis_lr: so(2) is not found in 3 epochs (similarity ~0.8)
-    x, atlas = fields
-    G = atlasd.discover_local(
-        x,
-        atlas=atlas,
-        predictor=laplacian(1.0, 1.0),
-        n_generators=1,
-        out_radius=5,
-        basis_epochs=12,
-        basis_lr=0.03,
-    )
+    G = _discover_laplacian(fields, 1.0, 1.0, n_generators=1)
     assert G.similarity(torch.tensor([[[0.0, -1.0], [1.0, 0.0]]])) > 0.99
     check_components(G, [torch.eye(2, dtype=F64), diag(1, -1)])
