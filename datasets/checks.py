@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int", "check_shape"]
+__all__ = ["check_fraction", "check_int", "check_shape"]
 
 
 def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
@@ -19,6 +19,15 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """``value`` as a float in ``[0, 1)`` (a share of the samples; bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
 
 
 def check_shape(

@@ -75,7 +75,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from atlasd.datasets.checks import check_int
+from atlasd.datasets.checks import check_fraction, check_int
 from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
@@ -620,11 +620,7 @@ class FilesDataModule(SplitsDataModule):
         self.atlas_spec = atlas
         self.truth_spec = ground_truth
         self.n = None if n is None else check_int("data.n", n, 1)
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
-            raise ValueError(f"data.val_fraction must be a number, got {val_fraction!r}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-        self.val_fraction = float(val_fraction)
+        self.val_fraction = check_fraction("data.val_fraction", val_fraction)
         self.batch_size = check_int("data.batch_size", batch_size, 1)
         self.num_workers = check_int("data.num_workers", num_workers, 0)
         self.seed = check_int("data.seed", seed, -(2**63))

@@ -97,8 +97,8 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
+from atlasd.datasets.checks import check_fraction, check_shape
 from atlasd.datasets.checks import check_int as _check_int
-from atlasd.datasets.checks import check_shape
 from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
@@ -526,11 +526,7 @@ class HeatDataModule(SplitsDataModule):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed = seed
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
-            raise ValueError(f"val_fraction must be a number, got {val_fraction!r}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.val_fraction = float(val_fraction)
+        self.val_fraction = check_fraction("val_fraction", val_fraction)
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.num_workers = _check_int("num_workers", num_workers, 0)
         self.anisotropy = anisotropy
