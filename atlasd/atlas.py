@@ -25,7 +25,6 @@ Everything here is pure torch and vectorised over batch and charts.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,6 +32,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from atlasd.checks import check_int
 
 __all__ = [
     "Atlas",
@@ -48,18 +49,6 @@ _MANIFOLDS = ("plane", "sphere")
 _PADDING_MODES = ("zeros", "border", "reflection")
 
 
-def _as_int(value: Any, what: str) -> int:
-    """Return ``value`` as a Python int, rejecting bools, floats and other non-integers."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got the bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(
-            f"{what} must be an integer, got {value!r} ({type(value).__name__})"
-        ) from None
-
-
 def _as_shape(shape: Any) -> tuple[int, int]:
     """Validate a field shape ``(H, W)``."""
     try:
@@ -68,8 +57,8 @@ def _as_shape(shape: Any) -> tuple[int, int]:
         raise ValueError(f"shape must be a pair (H, W), got {shape!r}") from None
     if len(items) != 2:
         raise ValueError(f"shape must be a pair (H, W), got {shape!r}")
-    h = _as_int(items[0], "shape[0] (H)")
-    w = _as_int(items[1], "shape[1] (W)")
+    h = check_int("shape[0] (H)", items[0])
+    w = check_int("shape[1] (W)", items[1])
     if h < 1 or w < 1:
         raise ValueError(f"shape must be positive, got {(h, w)}")
     return h, w
@@ -99,9 +88,9 @@ class Chart:
             ) from None
         if len(items) != 2:
             raise ValueError(f"chart center must be a pair (row, col), got {self.center!r}")
-        row = _as_int(items[0], "chart center row")
-        col = _as_int(items[1], "chart center column")
-        radius = _as_int(self.radius, "chart radius")
+        row = check_int("chart center row", items[0])
+        col = check_int("chart center column", items[1])
+        radius = check_int("chart radius", self.radius)
         if row < 0 or col < 0:
             raise ValueError(f"chart center {(row, col)} must be non-negative (row, col)")
         if radius < 1:
@@ -351,7 +340,7 @@ class Atlas:
         if not isinstance(labels, Tensor) or labels.ndim != 3 or labels.is_floating_point():
             shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
             raise ValueError(f"labels must be an integer tensor (B, H, W), got {shape}")
-        n_classes = _as_int(n_classes, "n_classes")
+        n_classes = check_int("n_classes", n_classes)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
             raise ValueError(
                 f"labels must lie in 0..{n_classes - 1}, "
@@ -481,7 +470,7 @@ def local_coordinates(
     Returns:
         ``(2r+1, 2r+1, 2)`` tensor; ``[i, j] = (x, y) = (j - r, r - i)``.
     """
-    r = _as_int(radius, "radius")
+    r = check_int("radius", radius)
     if r < 0:
         raise ValueError(f"radius must be >= 0, got {r}")
     offsets = torch.arange(-r, r + 1, dtype=dtype, device=device)
@@ -497,7 +486,7 @@ def crop(patches: Tensor, out_radius: int) -> Tensor:
     h, w = patches.shape[-2:]
     if h != w or h % 2 == 0:
         raise ValueError(f"patches must be square with odd side, got {h}x{w}")
-    o = _as_int(out_radius, "out_radius")
+    o = check_int("out_radius", out_radius)
     r = (h - 1) // 2
     if o < 0 or o > r:
         raise ValueError(f"out_radius must be in 0..{r} (the patch radius), got {o}")

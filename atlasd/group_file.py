@@ -4,7 +4,8 @@ One place holds the checks of a group's parts (shapes, finiteness, the identity 
 reading of a file, its text summary and its plot. :class:`atlasd.group.DiscoveredGroup` builds
 on these; ``atlasd show`` uses them directly, so that printing and plotting a saved group never
 pays for importing torch (about 1.5 s on a 2-core CPU). docs/group_format.md describes the
-format; ``docs/group.schema.json`` is its JSON Schema.
+format; ``atlasd/schemas/group.schema.json`` (shipped with the package, :func:`group_schema`) is
+its JSON Schema.
 
 Conventions: matrices are float64 numpy arrays ``(n, d, d)``; generators act on R^d in the
 chart's (x, y) coordinates (x right, y up) for planar groups.
@@ -30,6 +31,8 @@ __all__ = [
     "GroupParts",
     "check_matrices",
     "check_parts",
+    "expm",
+    "group_schema",
     "header",
     "parts_from_document",
     "plot_generators",
@@ -105,6 +108,17 @@ def check_parts(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata is not JSON-serialisable: {exc}") from None
     return GroupParts(alg, cs, reps[0], reps[1], meta)
+
+
+def group_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the ``atlasd.group/1`` format, as a dict.
+
+    The schema states the document's structure; :func:`parts_from_document` checks what a schema
+    cannot say (shapes that agree, the standard form, the identity first).
+    """
+    from importlib.resources import files
+
+    return json.loads(files("atlasd").joinpath("schemas/group.schema.json").read_text("utf-8"))
 
 
 def read_document(path: str | os.PathLike) -> dict[str, Any]:
@@ -207,7 +221,7 @@ def summary_text(
     return "\n".join(lines)
 
 
-def _expm(A: np.ndarray) -> np.ndarray:
+def expm(A: np.ndarray) -> np.ndarray:
     """Matrix exponential of small matrices ``(..., d, d)``: scaling and squaring of a Taylor
     series (exact to float64 rounding for the norms drawn here; no scipy import)."""
     norm = float(np.abs(A).sum(axis=-1).max(initial=0.0))
@@ -269,7 +283,7 @@ def plot_generators(
             ax = axes[1, i]
             V = gens[i] @ P
             ax.quiver(P[0], P[1], V[0], V[1], color="0.5", angles="xy")
-            flows = _expm(ts[:, None, None] * gens[i])  # (T, 2, 2)
+            flows = expm(ts[:, None, None] * gens[i])  # (T, 2, 2)
             for j in range(n_orbits):
                 # starts at several radii and angles, so that distinct orbits show
                 angle = 2 * math.pi * j / n_orbits

@@ -1,19 +1,32 @@
 """Datasets: LightningDataModules for the discovery tasks, synthetic generators and real loaders.
 
-Every task's DataModule exposes, after ``setup()``, the tensors ``x`` and ``y``, its ``kind``
-("local", "global" or "distribution"), its ``atlas`` for local tasks, and ``ground_truth`` (a dict
-with "algebra" (k, d, d) and "cosets" (m, d, d) tensors, and "in_rep" (k, c, c) where the channels
-carry a known representation) where the symmetry is known.
+The task contract is :class:`atlasd.datasets.base.TaskSpec`. Every task's DataModule exposes,
+after ``setup()``, the tensors ``x`` and ``y``, its ``kind`` and a ``spec`` property: a frozen
+TaskSpec that says what the task gives to discovery, downstream and the degeneracy study --
+the kind of problem (local, global or distribution), the inputs (fields, sets, vectors or
+points), the dimension ``d`` the group acts on, the channels, the target (regression,
+classification with ``n_classes`` and optional ``class_weights``, or none), the downstream
+metric, a class the metric ignores, the ground truth (``{"algebra": (k, d, d), "cosets":
+(m, d, d), "in_rep": (k, c, c)}`` where known), the atlas of field tasks and the DataModule
+options of the symmetry-broken variant. Callers read the spec through
+:func:`atlasd.datasets.base.task_spec` and nothing else about a task. A new task is one module
+(a DataModule with ``spec``), one line in :data:`TASKS` and one config.
+
+The built-in tasks: ``heat``, ``sphere_digits``, ``climate`` (local), ``jets`` (global) and
+``files`` (a user's file, any kind).
 
 A user's own data comes in two ways:
 
 * the ``files`` task (:mod:`atlasd.datasets.files`): a .npz, .nc, .h5 / .hdf5 or .pt file and
   the names of its arrays (``task: files``, ``data: {path: ..., x: ..., y: ..., kind: ...}``);
+  its spec is derived from the file and the options;
 * a user's own DataModule, LightningCLI style: data options ``{class_path: "pkg.mod.MyData",
   init_args: {...}}`` make :func:`make_datamodule` import ``pkg.mod.MyData`` (it must be
   importable: installed, or on ``PYTHONPATH``), check that it subclasses
   ``lightning.LightningDataModule`` and build it with ``init_args``.  The task name is then only
-  a label.  After ``setup()`` such a DataModule must expose (:func:`check_datamodule` checks it):
+  a label.  Such a DataModule may define ``spec``; without it,
+  :func:`atlasd.datasets.base.derive_spec` derives one from the attributes below, which it must
+  expose after ``setup()`` (:func:`check_datamodule` checks them and the spec):
 
   - ``x``: a float tensor; fields ``(N, C, H, W)`` for kind local, vectors ``(N, d)`` or
     ``(N, P, d)`` for global, points ``(N, d)`` (or fields with an atlas) for distribution;
@@ -25,7 +38,8 @@ A user's own data comes in two ways:
     fields);
   - optionally ``ground_truth`` (a dict with "algebra" (k, d, d) and optional "cosets"
     (m, d, d) tensors: the run then reports its similarity to it) and ``class_weights`` (one
-    float per class, for cross-entropy predictors); both None or absent when unknown.
+    float per class, for cross-entropy predictors; their number is the class count); both None
+    or absent when unknown.
 """
 
 from __future__ import annotations
@@ -33,7 +47,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["TASKS", "check_datamodule", "make_datamodule"]
+from atlasd.datasets.base import KINDS, TaskSpec, task_spec
+
+__all__ = [
+    "TASKS",
+    "TaskSpec",
+    "check_datamodule",
+    "data_options",
+    "make_datamodule",
+    "merge_data_options",
+    "task_spec",
+]
 
 # name -> "module:ClassName", imported lazily so that one task's dependencies never load another's
 TASKS: dict[str, str] = {
@@ -43,8 +67,6 @@ TASKS: dict[str, str] = {
     "climate": "atlasd.datasets.climate:ClimateDataModule",
     "files": "atlasd.datasets.files:FilesDataModule",
 }
-
-_KINDS = ("local", "global", "distribution")
 
 
 def make_datamodule(task: str, **kwargs: Any):
@@ -75,6 +97,25 @@ def make_datamodule(task: str, **kwargs: Any):
                 f"options are {', '.join(known)}"
             )
     return cls(**kwargs)
+
+
+def data_options(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The DataModule's own options in ``data``: ``init_args`` for a user's DataModule
+    (``class_path``), ``data`` itself otherwise."""
+    if "class_path" in data:
+        return dict(data.get("init_args") or {})
+    return dict(data)
+
+
+def merge_data_options(data: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (a task's DataModule options, as :func:`make_datamodule` takes them) with
+    ``options`` set on top: into ``init_args`` for a user's DataModule (``class_path``), at the
+    top level otherwise. How the degeneracy study makes a task's symmetry-broken variant."""
+    data = dict(data)
+    if "class_path" in data:
+        data["init_args"] = {**dict(data.get("init_args") or {}), **options}
+        return data
+    return {**data, **options}
 
 
 def _import_class(class_path: Any) -> type:
@@ -135,7 +176,9 @@ def check_datamodule(dm: Any) -> None:
 
     Raises ValueError naming the first missing or malformed attribute: ``kind``, ``x`` (a float
     tensor of a rank the kind takes), ``y`` (None or a tensor with x's ``N``), ``atlas`` (an
-    ``atlasd.Atlas`` for kind local), ``ground_truth`` (None or a dict with an "algebra").
+    ``atlasd.Atlas`` for kind local), ``ground_truth`` (None or a dict with an "algebra"),
+    then the task's :class:`~atlasd.datasets.base.TaskSpec` (its own ``spec``, or the one
+    derived from these attributes), so a malformed module fails here in one line.
     """
     import torch
 
@@ -143,8 +186,8 @@ def check_datamodule(dm: Any) -> None:
 
     name = type(dm).__name__
     kind = getattr(dm, "kind", None)
-    if kind not in _KINDS:
-        raise ValueError(f"{name}.kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"{name}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
     x = getattr(dm, "x", None)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         found = f"{x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
@@ -171,3 +214,4 @@ def check_datamodule(dm: Any) -> None:
     truth = getattr(dm, "ground_truth", None)
     if truth is not None and not (isinstance(truth, Mapping) and "algebra" in truth):
         raise ValueError(f"{name}.ground_truth must be None or a dict with an 'algebra'")
+    task_spec(dm)

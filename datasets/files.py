@@ -75,7 +75,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from atlasd.datasets.checks import check_fraction, check_int
+from atlasd.checks import check_fraction, check_int
+from atlasd.datasets.base import TaskSpec, derive_spec, not_set_up
 from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
@@ -594,7 +595,7 @@ class FilesDataModule(SplitsDataModule):
     ``y`` float32 / int64 / None, ``kind``, ``atlas`` (``atlasd.Atlas`` for fields, else None),
     ``ground_truth`` (the option's tensors, or None), ``class_weights = None``, ``n_classes``
     (integer targets, else None), ``train_dataset`` and ``val_dataset`` (batches ``(x, y)``, or
-    ``(x,)`` without targets).
+    ``(x,)`` without targets), ``spec`` (the task contract, :class:`atlasd.datasets.base.TaskSpec`).
     """
 
     def __init__(
@@ -632,6 +633,16 @@ class FilesDataModule(SplitsDataModule):
         self.n_classes: int | None = None
         self.train_dataset: TensorDataset | None = None
         self.val_dataset: TensorDataset | None = None
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The task contract, derived from the file and the options
+        (:func:`atlasd.datasets.base.derive_spec`): kind and atlas from the options; fields act
+        on R^2, vectors and sets on their last axis; int64 targets are classification scored by
+        accuracy, float targets regression scored by MSE."""
+        if self.x is None:
+            raise not_set_up(self)
+        return derive_spec(self, "files")
 
     def setup(self, stage: str | None = None) -> None:
         if self.x is not None:

@@ -97,8 +97,8 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from atlasd.datasets.checks import check_fraction, check_shape
-from atlasd.datasets.checks import check_int as _check_int
+from atlasd.checks import check_fraction, check_int, check_shape
+from atlasd.datasets.base import TaskSpec, not_set_up
 from atlasd.datasets.splits import SplitsDataModule
 
 __all__ = [
@@ -158,10 +158,6 @@ _ATLASES: dict[int, tuple[tuple[tuple[float, float], ...], int, int]] = {
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
-
-
-def _check_shape(shape: Any) -> tuple[int, int]:
-    return check_shape(shape, 1, 1)
 
 
 def _diffusion_tensor(anisotropy: Any) -> torch.Tensor:
@@ -247,7 +243,7 @@ def heat_obstacle_bounds(shape: Sequence[int] = (128, 128)) -> tuple[int, int, i
 
     ``(13, 39, 26, 64)`` on 128 x 128.
     """
-    h, w = _check_shape(shape)
+    h, w = check_shape(shape)
     r0, r1 = _open_interval(*OBSTACLE_ROW_FRACTION, h)
     c0, c1 = _open_interval(*OBSTACLE_COL_FRACTION, w)
     return r0, r1, c0, c1
@@ -255,7 +251,7 @@ def heat_obstacle_bounds(shape: Sequence[int] = (128, 128)) -> tuple[int, int, i
 
 def heat_obstacle_mask(shape: Sequence[int] = (128, 128)) -> torch.Tensor:
     """Boolean (H, W) mask of the obstacle (True where the field is held at ``sqrt(2)``)."""
-    h, w = _check_shape(shape)
+    h, w = check_shape(shape)
     r0, r1, c0, c1 = heat_obstacle_bounds((h, w))
     mask = torch.zeros(h, w, dtype=torch.bool)
     mask[r0:r1, c0:c1] = True
@@ -341,7 +337,7 @@ def heat_solve(
         raise ValueError(f"field must be at least 5 x 5 for the 5-pixel stencil, got {h} x {w}")
     if not torch.isfinite(x0).all():
         raise ValueError("x0 contains NaN or Inf")
-    steps = _check_int("steps", steps, 0)
+    steps = check_int("steps", steps, 0)
     k = _diffusion_tensor(anisotropy)
     bounds = heat_obstacle_bounds((h, w)) if obstacle else None
 
@@ -394,11 +390,10 @@ def generate_heat(
     data.  ``obstacle=False`` removes the obstacle (the border stays at ``sqrt(2)``), which makes
     the whole map exactly equivariant to the dihedral group of the square grid.
     """
-    n = _check_int("n", n, 1)
-    size = _check_int("size", size, _MIN_SIZE)
-    steps = _check_int("steps", steps, 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    n = check_int("n", n, 1)
+    size = check_int("size", size, _MIN_SIZE)
+    steps = check_int("steps", steps, 0)
+    seed = check_int("seed", seed)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
     _diffusion_tensor(anisotropy)  # validate before spending time
@@ -443,7 +438,7 @@ def heat_atlas(which: int = 1, shape: Sequence[int] = (128, 128)) -> HeatAtlasSp
     """
     if isinstance(which, bool) or which not in _ATLASES:
         raise ValueError(f"atlas must be 1 or 2, got {which!r}")
-    h, w = _check_shape(shape)
+    h, w = check_shape(shape)
     fractions, r_in, r_out = _ATLASES[which]
     centers = [(int(fr * h), int(fc * w)) for fr, fc in fractions]
     o_r0, o_r1, o_c0, o_c1 = heat_obstacle_bounds((h, w))
@@ -500,7 +495,7 @@ class HeatDataModule(SplitsDataModule):
     Attributes: ``atlas`` (an ``atlasd.Atlas``, built on first access), ``atlas_spec``,
     ``in_radius``, ``out_radius``, ``ground_truth`` (:func:`heat_ground_truth`),
     ``kind = "local"``; after ``setup()`` also ``x``, ``y`` (all samples), ``train_dataset``,
-    ``val_dataset``.
+    ``val_dataset`` and ``spec`` (the task contract, :class:`atlasd.datasets.base.TaskSpec`).
     """
 
     kind = "local"
@@ -520,15 +515,13 @@ class HeatDataModule(SplitsDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.n = _check_int("n", n, 1)
-        self.size = _check_int("size", size, _MIN_SIZE)
-        self.steps = _check_int("steps", steps, 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        self.seed = seed
+        self.n = check_int("n", n, 1)
+        self.size = check_int("size", size, _MIN_SIZE)
+        self.steps = check_int("steps", steps, 0)
+        self.seed = check_int("seed", seed)
         self.val_fraction = check_fraction("val_fraction", val_fraction)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_workers = check_int("num_workers", num_workers, 0)
         self.anisotropy = anisotropy
         _diffusion_tensor(anisotropy)
         self.obstacle = bool(obstacle)
@@ -559,6 +552,25 @@ class HeatDataModule(SplitsDataModule):
         if self._atlas is None:
             self._atlas = build_heat_atlas(self.atlas_index, (self.size, self.size))
         return self._atlas
+
+    @property
+    def spec(self) -> TaskSpec:
+        """The task contract: local so(2) (and a reflection) on one field channel, regression
+        scored by MSE; broken variant: the anisotropic diffusion ``diag(1.5, 0.5)``."""
+        if self.x is None:
+            raise not_set_up(self)
+        return TaskSpec(
+            name="heat",
+            kind="local",
+            inputs="fields",
+            d=2,
+            in_channels=int(self.x.shape[1]),
+            target="regression",
+            metric="mse",
+            ground_truth=self.ground_truth,
+            atlas=self.atlas,
+            broken={"anisotropy": [1.5, 0.5]},
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.x is not None:

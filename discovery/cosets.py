@@ -184,6 +184,163 @@ def _polish(
     return M.detach(), steps
 
 
+class _Search:
+    """The state of one search after the Adam phase: the measured tolerances (module
+    docstring), the components found so far and the record of every candidate decided."""
+
+    def __init__(
+        self,
+        score: Score,
+        algebra: Tensor,
+        gen: torch.Generator,
+        dtype: torch.dtype,
+        *,
+        threshold: float | None,
+        reference: float | None,
+        merge_tol: float | None,
+        eval_rounds: int,
+        scale: float,
+    ) -> None:
+        self.score, self.algebra, self.gen, self.dtype = score, algebra, gen, dtype
+        self.threshold, self.merge_tol, self.eval_rounds = threshold, merge_tol, eval_rounds
+        d, k = algebra.shape[-1], algebra.shape[0]
+        self.d = d
+        # --- measured quantities: the identity's loss, identity-component spread, calibration
+        n_ref = 8
+        self.t_grid = MERGE_CAP * 2.0 ** -torch.arange(9, -1, -1, dtype=torch.float64)
+        g1 = lie.sample_group(algebra, n_ref, scale=scale, generator=gen)
+        E = _off_directions(algebra, 4, gen)
+        off = torch.linalg.matrix_exp(self.t_grid[:, None, None, None] * E[None]).reshape(-1, d, d)
+        probes = lie.normalize_det(torch.cat([g1, off])).to(dtype)
+        losses, _ = _paired(score, probes, gen, eval_rounds)
+        self.identity_loss = float(losses[0])
+        excess = losses[1:] - losses[0]
+        self.spread = float(excess[:n_ref].max())
+        self.calib = _Calibration(self.t_grid, excess[n_ref:].view(len(self.t_grid), -1).mean(1))
+        if threshold is None:
+            self.tau_keep = max(self.identity_loss, self.spread)
+            self.ref = self.identity_loss
+        else:
+            self.tau_keep = threshold
+            self.ref = self.identity_loss if reference is None else reference
+        s_rel = scale * math.sqrt(k / d)
+        self.delta = min(self.calib.distance(self.identity_loss) / max(s_rel, 1e-12), MERGE_CAP)
+        self.reps: list[Tensor] = [torch.eye(d, dtype=torch.float64)]
+        self.rep_canonical: list[bool] = [True]
+        self.records: list[dict[str, Any]] = []
+        self.rep_cache: dict[bytes, tuple[float, float]] = {}
+
+    def passes(self, loss_h: float, se_h: float) -> bool:
+        noise = 3 * se_h if self.threshold is None else 0.0
+        return loss_h - self.ref <= self.tau_keep + noise
+
+    def tolerance(self, h: Tensor, P: Tensor, excess_h: float) -> float:
+        if self.merge_tol is not None:
+            return self.merge_tol
+        g = torch.linalg.solve(P, h)
+        dist = float((g - torch.eye(self.d, dtype=g.dtype)).norm() / g.norm())
+        return min(MERGE_CAP, self.calib.distance(max(excess_h, 0.0)) + self.delta * (1 + dist))
+
+    def score_exact(self, P: Tensor) -> tuple[float, float]:
+        key = P.numpy().tobytes()
+        if key not in self.rep_cache:
+            lp, sp = _paired(self.score, P[None].to(self.dtype), self.gen, self.eval_rounds)
+            self.rep_cache[key] = (float(lp[1]), float(sp[0]))
+        return self.rep_cache[key]
+
+    def component_of(self, h: Tensor, tol: float) -> int | None:
+        for j, existing in enumerate(self.reps):
+            if lie.in_identity_component(torch.linalg.solve(existing, h), self.algebra, tol=tol):
+                return j
+        return None
+
+    def _add(self, h: Tensor, canonical: bool) -> int:
+        self.reps.append(h)
+        self.rep_canonical.append(canonical)
+        return len(self.reps) - 1
+
+    def _canonical(self, h: Tensor, ex: float) -> tuple[Tensor | None, float]:
+        """The exact canonical form of ``h``'s coset (None when there is none or ``h`` is not
+        in it) and the merge tolerance of ``h`` measured from it."""
+        eye = torch.eye(self.d, dtype=torch.float64)
+        P = lie.canonical_coset_representative(h, self.algebra, tol=MERGE_CAP)
+        # canonical_coset_representative returns h itself when no signed permutation
+        # lies in its coset: that is no exact form
+        if not bool(((P.abs() == 1) | (P == 0)).all()):
+            P = None
+        tol = self.tolerance(h, eye if P is None else P, ex)
+        if P is not None and not lie.in_identity_component(
+            torch.linalg.solve(P, h), self.algebra, tol=tol
+        ):
+            P = None
+        return P, tol
+
+    def resolve(self, H: Tensor, final: bool) -> tuple[list[bool], list[bool]]:
+        """Snap, test and merge each candidate. Returns, per candidate, whether it was
+        resolved (merged or kept) and whether it is promising (excess under the cap's)."""
+        H = normalize_det_torch(H)
+        H64 = H.to(torch.float64)
+        losses_h, se_h = _paired(self.score, H, self.gen, self.eval_rounds)
+        order = torch.argsort(losses_h[1:]).tolist()
+        resolved = [False] * H.shape[0]
+        bound = self.calib.bound()
+        promising = [float(losses_h[1 + i] - losses_h[0]) <= bound for i in range(H.shape[0])]
+        for i in order:
+            h, loss_h, ex = H64[i], float(losses_h[1 + i]), float(losses_h[1 + i] - losses_h[0])
+            rec = {"matrix": h.tolist(), "loss": loss_h, "excess": ex, "kept": False}
+            rec.update(component=None, canonical=None, merge_tol=None)
+            # an excess that no displacement under the cap explains: no component is near
+            if ex > bound and self.threshold is None:
+                self.records.append(rec)
+                continue
+            # only a candidate that is itself a symmetry is merged on its own evidence; the rest
+            # count only through an exact canonical form that passes (else they are polished)
+            passing = self.passes(loss_h, float(se_h[i]))
+            tol = self.tolerance(h, torch.eye(self.d, dtype=torch.float64), ex)
+            j = self.component_of(h, tol) if passing else None
+            # the scan over signed permutations is the costly step: in the first pass only
+            # candidates already close to the group (a quarter of the cap) are snapped
+            if j is None and (final or self.calib.distance(max(ex, 0.0)) <= MERGE_CAP / 4):
+                P, tol = self._canonical(h, ex)
+                if P is not None:
+                    j = self.component_of(P, MERGE_CAP)  # two exact forms: same or >= 1 apart
+                    if j is None and self.passes(*self.score_exact(P)):
+                        j = self._add(P, True)
+                    rec["canonical"] = P.tolist()
+                if j is None and passing:
+                    # no canonical form: h stands for its component only when it is clearly
+                    # apart from every component found (farther than the cap)
+                    # and only when not degenerate: a matrix that squashes space (condition
+                    # number > MAX_COND) can fake a low loss on finite charts
+                    cond = float(torch.linalg.cond(h))
+                    if final and cond <= MAX_COND and self.component_of(h, MERGE_CAP) is None:
+                        j = self._add(h, False)
+            rec.update(merge_tol=tol, component=j, kept=j is not None)
+            resolved[i] = j is not None
+            if final or resolved[i] or not promising[i]:
+                self.records.append(rec)
+        return resolved, promising
+
+    def retest(self) -> tuple[list[Tensor], list[float]]:
+        """The kept set re-tested on fresh batches: every representative passes again and no
+        two share a component (``h_i^-1 h_j`` not in G0). Returns them and their losses."""
+        reps = self.reps
+        final_reps, final_scores = [reps[0]], []
+        if len(reps) > 1:
+            stacked = torch.stack(reps[1:]).to(self.dtype)
+            lr_, se_r = _paired(self.score, stacked, self.gen, self.eval_rounds)
+            for j, h in enumerate(reps[1:]):
+                ok = self.passes(float(lr_[1 + j]), float(se_r[j]))
+                final_scores.append(float(lr_[1 + j]))
+                same = any(
+                    lie.in_identity_component(torch.linalg.solve(e, h), self.algebra, tol=MERGE_CAP)
+                    for e in final_reps
+                )
+                if ok and not same:
+                    final_reps.append(h)
+        return final_reps, final_scores
+
+
 def search_cosets(
     score: Score,
     algebra: Tensor,
@@ -220,7 +377,7 @@ def search_cosets(
         loss, excess, merge_tol, canonical, kept, component), "polish_steps".
     """
     algebra = torch.as_tensor(algebra, dtype=torch.float64)
-    d, k = algebra.shape[-1], algebra.shape[0]
+    d = algebra.shape[-1]
     gen = torch.Generator().manual_seed(seed)
     M = torch.randn(n_candidates, d, d, generator=gen).requires_grad_(True)
     opt = torch.optim.Adam([M], lr=lr)
@@ -233,145 +390,35 @@ def search_cosets(
         opt.step()
     M = M.detach()
 
-    # --- measured quantities: the identity's loss, identity-component spread, calibration
-    dtype = M.dtype
-    n_ref, t_grid = 8, MERGE_CAP * 2.0 ** -torch.arange(9, -1, -1, dtype=torch.float64)
-    g1 = lie.sample_group(algebra, n_ref, scale=scale, generator=gen)
-    E = _off_directions(algebra, 4, gen)
-    off = torch.linalg.matrix_exp(t_grid[:, None, None, None] * E[None]).reshape(-1, d, d)
-    probes = lie.normalize_det(torch.cat([g1, off])).to(dtype)
-    losses, _ = _paired(score, probes, gen, eval_rounds)
-    identity_loss = float(losses[0])
-    excess = losses[1:] - losses[0]
-    spread = float(excess[:n_ref].max())
-    calib = _Calibration(t_grid, excess[n_ref:].view(len(t_grid), -1).mean(1))
-    if threshold is None:
-        tau_keep = max(identity_loss, spread)
-        ref = identity_loss
-    else:
-        tau_keep = threshold
-        ref = identity_loss if reference is None else reference
-    s_rel = scale * math.sqrt(k / d)
-    delta = min(calib.distance(identity_loss) / max(s_rel, 1e-12), MERGE_CAP)
-
-    def passes(loss_h: float, se_h: float) -> bool:
-        noise = 3 * se_h if threshold is None else 0.0
-        return loss_h - ref <= tau_keep + noise
-
-    def tolerance(h: Tensor, P: Tensor, excess_h: float) -> float:
-        if merge_tol is not None:
-            return merge_tol
-        g = torch.linalg.solve(P, h)
-        dist = float((g - torch.eye(d, dtype=g.dtype)).norm() / g.norm())
-        return min(MERGE_CAP, calib.distance(max(excess_h, 0.0)) + delta * (1 + dist))
-
-    reps: list[Tensor] = [torch.eye(d, dtype=torch.float64)]
-    rep_canonical: list[bool] = [True]
-    records: list[dict[str, Any]] = []
-    rep_cache: dict[bytes, tuple[float, float]] = {}
-
-    def score_exact(P: Tensor) -> tuple[float, float]:
-        key = P.numpy().tobytes()
-        if key not in rep_cache:
-            lp, sp = _paired(score, P[None].to(dtype), gen, eval_rounds)
-            rep_cache[key] = (float(lp[1]), float(sp[0]))
-        return rep_cache[key]
-
-    def component_of(h: Tensor, tol: float) -> int | None:
-        for j, existing in enumerate(reps):
-            if lie.in_identity_component(torch.linalg.solve(existing, h), algebra, tol=tol):
-                return j
-        return None
-
-    def resolve(H: Tensor, final: bool) -> tuple[list[bool], list[bool]]:
-        """Snap, test and merge each candidate. Returns, per candidate, whether it was
-        resolved (merged or kept) and whether it is promising (excess under the cap's)."""
-        H = normalize_det_torch(H)
-        H64 = H.to(torch.float64)
-        losses_h, se_h = _paired(score, H, gen, eval_rounds)
-        order = torch.argsort(losses_h[1:]).tolist()
-        resolved = [False] * H.shape[0]
-        bound = calib.bound()
-        promising = [float(losses_h[1 + i] - losses_h[0]) <= bound for i in range(H.shape[0])]
-        for i in order:
-            h, loss_h, ex = H64[i], float(losses_h[1 + i]), float(losses_h[1 + i] - losses_h[0])
-            rec = {"matrix": h.tolist(), "loss": loss_h, "excess": ex, "kept": False}
-            rec.update(component=None, canonical=None, merge_tol=None)
-            # an excess that no displacement under the cap explains: no component is near
-            if ex > bound and threshold is None:
-                records.append(rec)
-                continue
-            # only a candidate that is itself a symmetry is merged on its own evidence; the rest
-            # count only through an exact canonical form that passes (else they are polished)
-            passing = passes(loss_h, float(se_h[i]))
-            tol = tolerance(h, torch.eye(d, dtype=torch.float64), ex)
-            j = component_of(h, tol) if passing else None
-            # the scan over signed permutations is the costly step: in the first pass only
-            # candidates already close to the group (a quarter of the cap) are snapped
-            if j is None and (final or calib.distance(max(ex, 0.0)) <= MERGE_CAP / 4):
-                P = lie.canonical_coset_representative(h, algebra, tol=MERGE_CAP)
-                # canonical_coset_representative returns h itself when no signed permutation
-                # lies in its coset: that is no exact form
-                if not bool(((P.abs() == 1) | (P == 0)).all()):
-                    P = None
-                tol = tolerance(h, torch.eye(d, dtype=torch.float64) if P is None else P, ex)
-                if P is not None and not lie.in_identity_component(
-                    torch.linalg.solve(P, h), algebra, tol=tol
-                ):
-                    P = None
-                if P is not None:
-                    j = component_of(P, MERGE_CAP)  # two exact forms: same or >= 1 apart
-                    if j is None and passes(*score_exact(P)):
-                        reps.append(P)
-                        rep_canonical.append(True)
-                        j = len(reps) - 1
-                    rec["canonical"] = None if P is None else P.tolist()
-                if j is None and passing:
-                    # no canonical form: h stands for its component only when it is clearly
-                    # apart from every component found (farther than the cap)
-                    # and only when not degenerate: a matrix that squashes space (condition
-                    # number > MAX_COND) can fake a low loss on finite charts
-                    cond = float(torch.linalg.cond(h))
-                    if final and cond <= MAX_COND and component_of(h, MERGE_CAP) is None:
-                        reps.append(h)
-                        rep_canonical.append(False)
-                        j = len(reps) - 1
-            rec.update(merge_tol=tol, component=j, kept=j is not None)
-            resolved[i] = j is not None
-            if final or resolved[i] or not promising[i]:
-                records.append(rec)
-        return resolved, promising
-
-    resolved, promising = resolve(M, final=False)
+    search = _Search(
+        score,
+        algebra,
+        gen,
+        M.dtype,
+        threshold=threshold,
+        reference=reference,
+        merge_tol=merge_tol,
+        eval_rounds=eval_rounds,
+        scale=scale,
+    )
+    resolved, promising = search.resolve(M, final=False)
     todo = [i for i, r in enumerate(resolved) if not r and promising[i]]
     n_polish = 0
     if todo:
+        tau_keep, ref = search.tau_keep, search.ref
         good = ref + (tau_keep if threshold is not None else tau_keep / 2)
         polished, n_polish = _polish(score, M[todo], gen, lr, polish_steps, good)
-        resolve(polished, final=True)
-
-    # --- re-test the merged set on fresh batches: each passes again, no two share a component
-    final_reps, final_scores = [reps[0]], []
-    if len(reps) > 1:
-        lr_, se_r = _paired(score, torch.stack(reps[1:]).to(dtype), gen, eval_rounds)
-        for j, h in enumerate(reps[1:]):
-            ok = passes(float(lr_[1 + j]), float(se_r[j]))
-            final_scores.append(float(lr_[1 + j]))
-            same = any(
-                lie.in_identity_component(torch.linalg.solve(e, h), algebra, tol=MERGE_CAP)
-                for e in final_reps
-            )
-            if ok and not same:
-                final_reps.append(h)
+        search.resolve(polished, final=True)
+    final_reps, final_scores = search.retest()
     return {
         "cosets": torch.stack(final_reps),
-        "identity_loss": identity_loss,
-        "threshold": tau_keep,
-        "reference_loss": ref,
-        "identity_component_spread": spread,
-        "algebra_error": delta,
-        "calibration": {"t": t_grid.tolist(), "excess": calib.excess.tolist()},
+        "identity_loss": search.identity_loss,
+        "threshold": search.tau_keep,
+        "reference_loss": search.ref,
+        "identity_component_spread": search.spread,
+        "algebra_error": search.delta,
+        "calibration": {"t": search.t_grid.tolist(), "excess": search.calib.excess.tolist()},
         "final_losses": final_scores,
         "polish_steps": n_polish,
-        "candidates": records,
+        "candidates": search.records,
     }

@@ -296,7 +296,12 @@ def fit_basis(
 
     Returns metrics: final and per-epoch equivariance loss, wall time, samples per second.
     """
-    from atlasd.discovery.training import EpochSampler, checkpoint_errors, last_checkpoint
+    from atlasd.discovery.training import (
+        EpochSampler,
+        checkpoint_errors,
+        last_checkpoint,
+        trainer_defaults,
+    )
 
     n = tensors[0].shape[0]
     loader = DataLoader(
@@ -305,17 +310,7 @@ def fit_basis(
         sampler=EpochSampler(n, seed),
         drop_last=n >= batch_size,
     )
-    kwargs: dict[str, Any] = {
-        "max_epochs": epochs,
-        # a GPU when there is one, else the CPU; --trainer.accelerator overrides
-        "accelerator": "auto",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-    }
+    kwargs = trainer_defaults(max_epochs=epochs, logger=False, enable_checkpointing=False)
     extra = dict(trainer_kwargs or {})
     callbacks = list(extra.pop("callbacks", None) or [])
     if checkpoint_dir is not None:

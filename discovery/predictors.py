@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from atlasd.checks import check_int
 
 __all__ = [
     "LOSS_KINDS",
@@ -37,21 +38,6 @@ __all__ = [
 Padding = Literal["valid", "same"]
 LossKind = Literal["l1", "mse", "cross_entropy"]
 LOSS_KINDS: tuple[str, ...] = ("l1", "mse", "cross_entropy")
-
-
-def _as_int(value: Any, what: str, minimum: int) -> int:
-    """Return ``value`` as an int ``>= minimum``; rejects bools, floats and other non-integers."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got the bool {value!r}")
-    try:
-        out = operator.index(value)
-    except TypeError:
-        raise ValueError(
-            f"{what} must be an integer, got {value!r} ({type(value).__name__})"
-        ) from None
-    if out < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {out}")
-    return out
 
 
 # --------------------------------------------------------------------------------------- ChartCNN
@@ -229,12 +215,12 @@ class ChartCNN(nn.Module):
         conv_impl: ConvImpl = "auto",
     ) -> None:
         super().__init__()
-        k = _as_int(n_charts, "n_charts", 1)
-        c_in = _as_int(in_channels, "in_channels", 1)
-        c_out = _as_int(out_channels, "out_channels", 1)
-        hid = _as_int(hidden, "hidden", 1)
-        layers = _as_int(n_layers, "n_layers", 1)
-        ks = _as_int(kernel_size, "kernel_size", 1)
+        k = check_int("n_charts", n_charts, 1)
+        c_in = check_int("in_channels", in_channels, 1)
+        c_out = check_int("out_channels", out_channels, 1)
+        hid = check_int("hidden", hidden, 1)
+        layers = check_int("n_layers", n_layers, 1)
+        ks = check_int("kernel_size", kernel_size, 1)
         if ks % 2 == 0:
             raise ValueError(f"kernel_size must be odd (patches are centred), got {ks}")
         if padding not in ("valid", "same"):
@@ -248,7 +234,7 @@ class ChartCNN(nn.Module):
         self.negative_slope = float(negative_slope)
         self.batchnorm = bool(batchnorm)
         self.padding = padding
-        self.crop = _as_int(crop, "crop", 0)
+        self.crop = check_int("crop", crop, 0)
         self.margin = (layers * (ks // 2) if padding == "valid" else 0) + self.crop
 
         widths = [c_in] + [hid] * (layers - 1) + [c_out]
@@ -298,8 +284,8 @@ class ChartCNN(nn.Module):
         Raises:
             ValueError: ``out_radius > in_radius`` or negative radii.
         """
-        r_in = _as_int(in_radius, "in_radius", 0)
-        r_out = _as_int(out_radius, "out_radius", 0)
+        r_in = check_int("in_radius", in_radius, 0)
+        r_out = check_int("out_radius", out_radius, 0)
         if r_out > r_in:
             raise ValueError(
                 f"out_radius ({r_out}) must be <= in_radius ({r_in}): predictors only shrink "
@@ -307,12 +293,12 @@ class ChartCNN(nn.Module):
             )
         if "padding" in kw or "crop" in kw:
             raise ValueError("for_radii chooses padding and crop itself; do not pass them")
-        ks = _as_int(kw.get("kernel_size", 3), "kernel_size", 1)
+        ks = check_int("kernel_size", kw.get("kernel_size", 3), 1)
         s = ks // 2
         d = r_in - r_out
-        max_layers = _as_int(max_layers, "max_layers", 1)
+        max_layers = check_int("max_layers", max_layers, 1)
         if n_layers is not None:
-            n_layers = _as_int(n_layers, "n_layers", 1)
+            n_layers = check_int("n_layers", n_layers, 1)
         if d == 0:
             layers, padding, crop = (4 if n_layers is None else n_layers), "same", 0
         elif n_layers is None and s > 0 and d // s >= 2:
@@ -351,7 +337,7 @@ class ChartCNN(nn.Module):
         """A plain single-chart ``nn.Sequential`` holding copies of chart ``k``'s parameters and
         BatchNorm statistics; its ``forward`` on ``(B, C_in, h, w)`` equals chart ``k`` of this
         module before the final crop (same train/eval mode)."""
-        k = _as_int(k, "k", 0)
+        k = check_int("k", k, 0)
         if k >= self.n_charts:
             raise ValueError(f"chart index {k} out of range for {self.n_charts} charts")
         conv_padding = 0 if self.padding == "valid" else self.kernel_size // 2
@@ -490,9 +476,9 @@ class MLPPredictor(nn.Module):
         shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         if not shape:
             raise ValueError("in_shape must have at least one axis (..., d)")
-        self.in_shape = tuple(_as_int(s, "in_shape entry", 1) for s in shape)
-        self.n_out = _as_int(n_out, "n_out", 1)
-        self.hidden = tuple(_as_int(h, "hidden width", 1) for h in hidden)
+        self.in_shape = tuple(check_int("in_shape entry", s, 1) for s in shape)
+        self.n_out = check_int("n_out", n_out, 1)
+        self.hidden = tuple(check_int("hidden width", h, 1) for h in hidden)
         self.per_element = bool(per_element)
         act = _activation_factory(activation)
         if self.per_element:

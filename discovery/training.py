@@ -38,6 +38,7 @@ __all__ = [
     "evaluate_predictor",
     "last_checkpoint",
     "train_predictors",
+    "trainer_defaults",
 ]
 
 
@@ -237,6 +238,24 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return self.n
 
 
+def trainer_defaults(**overrides: Any) -> dict[str, Any]:
+    """The Trainer arguments every discovery fit starts from, updated with ``overrides``.
+
+    Quiet (no progress bar, model summary or sanity validation; callers add their own
+    display) and on one device: ``accelerator="auto"`` takes a GPU when one is visible, else
+    the CPU. ``trainer_kwargs`` (``--trainer.*``) override these.
+    """
+    kwargs: dict[str, Any] = {
+        "accelerator": "auto",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -383,6 +402,42 @@ def evaluate_predictor(
     }
 
 
+def _check_schedule(max_epochs: Any, patience: Any, lr: Any) -> None:
+    for name, value, minimum in (("max_epochs", max_epochs, 1), ("patience", patience, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+
+
+def _split(
+    x: Tensor, y: Tensor, n_val: int, batch_size: int, seed: int
+) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders of a seeded split (``n_val`` samples held out)."""
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    train_loader = DataLoader(
+        TensorDataset(x[train_idx], y[train_idx]),
+        batch_size=batch_size,
+        # seeded from `seed` and the epoch only: never the global RNG, identical on resume
+        sampler=EpochSampler(len(train_idx), seed + 1),
+    )
+    val_loader = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_size=batch_size)
+    return train_loader, val_loader
+
+
+@contextlib.contextmanager
+def _fit_folder(run_dir: str | Path | None) -> Iterator[Path]:
+    """``run_dir`` (created), or a temporary folder removed afterwards when it is None."""
+    if run_dir is not None:
+        root = Path(run_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        yield root
+        return
+    with tempfile.TemporaryDirectory(prefix="atlasd-predictor-") as tmp:
+        yield Path(tmp)
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -459,125 +514,120 @@ def train_predictors(
             batch); the model is then left as it was at that step, not restored.
     """
     n_val = _validate(model, x, y, loss, class_weights, batch_size, val_fraction)
-    for name, value, minimum in (("max_epochs", max_epochs, 1), ("patience", patience, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-
-    n = len(x)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    x_train, y_train = x[train_idx], y[train_idx]
-    x_val, y_val = x[val_idx], y[val_idx]
-    train_loader = DataLoader(
-        TensorDataset(x_train, y_train),
-        batch_size=batch_size,
-        # seeded from `seed` and the epoch only: never the global RNG, identical on resume
-        sampler=EpochSampler(len(train_idx), seed + 1),
-    )
-    val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=batch_size)
+    _check_schedule(max_epochs, patience, lr)
+    train_loader, val_loader = _split(x, y, n_val, batch_size, seed)
+    x_val, y_val = val_loader.dataset.tensors
+    n_train = len(x) - n_val
 
     module = PredictorModule(model, loss=loss, lr=lr, class_weights=class_weights)
-    tmp = None
-    if run_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="atlasd-predictor-")
-        root = Path(tmp.name)
-    else:
-        root = Path(run_dir)
-        root.mkdir(parents=True, exist_ok=True)
-    try:
-        checkpoint = ModelCheckpoint(
-            dirpath=root,
-            filename="best-{epoch:03d}",
-            monitor="val_loss",
-            mode="min",
-            save_top_k=1,
-            save_weights_only=True,
-            # at validation end, i.e. before the last checkpoint is taken at train-epoch end
-            # (Lightning runs ModelCheckpoints after all other callbacks), so a resumed run
-            # restores a best path that exists
-            save_on_train_epoch_end=False,
+    with _fit_folder(run_dir) as root:
+        trainer_args = trainer_defaults(
+            max_epochs=max_epochs,
+            logger=logger,
+            enable_progress_bar=enable_progress_bar,
+            default_root_dir=str(root),
+            log_every_n_steps=max(1, min(50, math.ceil(n_train / batch_size))),
         )
-        history = _History()
-        callbacks: list[Callback] = [
-            _StopOnNonFiniteLoss(),
-            EarlyStopping(monitor="val_loss", mode="min", patience=patience),
-            checkpoint,
-            history,  # before the last checkpoint, so the saved state holds this epoch's row
-            last_checkpoint(root),
-        ]
-        kwargs: dict[str, Any] = {
-            # a GPU when there is one, else the CPU; trainer_kwargs override
-            "accelerator": "auto",
-            "devices": 1,
-            "max_epochs": max_epochs,
-            "logger": logger,
-            "enable_progress_bar": enable_progress_bar,
-            "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
-            "default_root_dir": str(root),
-            "log_every_n_steps": max(1, min(50, math.ceil(len(train_idx) / batch_size))),
-        }
-        extra = dict(trainer_kwargs or {})
-        callbacks += list(extra.pop("callbacks", None) or [])
-        kwargs.update(extra)
-        trainer = lightning.Trainer(callbacks=callbacks, **kwargs)
-
-        model.train()
-        model.requires_grad_(True)
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            # In-memory tensors need no loader workers; Lightning's advice does not apply.
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            # Lightning 2.6 itself trips a torch 2.13 deprecation; nothing a caller can act on.
-            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
-            with checkpoint_errors(ckpt_path):
-                trainer.fit(
-                    module,
-                    train_dataloaders=train_loader,
-                    val_dataloaders=val_loader,
-                    ckpt_path=ckpt_path,
-                    weights_only=True,
-                )
-        wall = time.perf_counter() - start
-        world_size = trainer.world_size
-
-        best_path = checkpoint.best_model_path
-        if not best_path:
-            raise RuntimeError("training produced no checkpoint (no validation epoch completed)")
-        # Weights-only loading: a checkpoint is data, never code to unpickle.
-        ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
-        prefix = "model."
-        model.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items()})
-        best_epoch = int(ckpt["epoch"])
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+        loaders = (train_loader, val_loader)
+        extra = trainer_kwargs
+        fit = _fit_predictor(module, loaders, root, patience, trainer_args, extra, ckpt_path)
 
     model.eval()
     model.requires_grad_(False)
     val = evaluate_predictor(
         model, x_val, y_val, loss=loss, class_weights=class_weights, batch_size=batch_size
     )
-    epochs = len(history.epochs)
-    samples_per_s = len(train_idx) * epochs / wall if wall > 0 else float("nan")
+    epochs = len(fit["history"])
+    wall = fit["wall_time_s"]
+    samples_per_s = n_train * epochs / wall if wall > 0 else float("nan")
     n_charts = getattr(model, "n_charts", None)
     train_at_best = next(
-        (r.get("train_loss") for r in history.epochs if r["epoch"] == best_epoch), None
+        (r.get("train_loss") for r in fit["history"] if r["epoch"] == fit["best_epoch"]), None
     )
     return {
         "train_loss": train_at_best,
         "val_loss": val["loss"],
         "val_loss_per_chart": val["loss_per_chart"],
         "epochs": epochs,
-        "best_epoch": best_epoch,
+        "best_epoch": fit["best_epoch"],
         "wall_time_s": wall,
         "samples_per_s": samples_per_s,
         "chart_samples_per_s": None if n_charts is None else samples_per_s * n_charts,
-        "best_checkpoint": None if tmp is not None else str(best_path),
-        "n_train": len(train_idx),
+        "best_checkpoint": None if run_dir is None else fit["best_checkpoint"],
+        "n_train": n_train,
         "n_val": n_val,
+        "history": fit["history"],
+        "world_size": fit["world_size"],
+    }
+
+
+def _fit_predictor(
+    module: PredictorModule,
+    loaders: tuple[DataLoader, DataLoader],
+    root: Path,
+    patience: int,
+    trainer_args: dict[str, Any],
+    trainer_kwargs: Mapping[str, Any] | None,
+    ckpt_path: str | Path | None,
+) -> dict[str, Any]:
+    """Fit ``module`` on ``(train, val)`` loaders with early stopping and best-checkpointing
+    under ``root``, then load the best weights into ``module.model``. Returns its history,
+    best epoch and checkpoint, the wall time of ``Trainer.fit`` and the world size."""
+    checkpoint = ModelCheckpoint(
+        dirpath=root,
+        filename="best-{epoch:03d}",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        save_weights_only=True,
+        # at validation end, i.e. before the last checkpoint is taken at train-epoch end
+        # (Lightning runs ModelCheckpoints after all other callbacks), so a resumed run
+        # restores a best path that exists
+        save_on_train_epoch_end=False,
+    )
+    history = _History()
+    callbacks: list[Callback] = [
+        _StopOnNonFiniteLoss(),
+        EarlyStopping(monitor="val_loss", mode="min", patience=patience),
+        checkpoint,
+        history,  # before the last checkpoint, so the saved state holds this epoch's row
+        last_checkpoint(root),
+    ]
+    extra = dict(trainer_kwargs or {})
+    callbacks += list(extra.pop("callbacks", None) or [])
+    trainer_args.update(extra)
+    trainer = lightning.Trainer(callbacks=callbacks, **trainer_args)
+
+    model = module.model
+    model.train()
+    model.requires_grad_(True)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # In-memory tensors need no loader workers; Lightning's advice does not apply.
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        # Lightning 2.6 itself trips a torch 2.13 deprecation; nothing a caller can act on.
+        warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+        with checkpoint_errors(ckpt_path):
+            trainer.fit(
+                module,
+                train_dataloaders=loaders[0],
+                val_dataloaders=loaders[1],
+                ckpt_path=ckpt_path,
+                weights_only=True,
+            )
+    wall = time.perf_counter() - start
+
+    best_path = checkpoint.best_model_path
+    if not best_path:
+        raise RuntimeError("training produced no checkpoint (no validation epoch completed)")
+    # Weights-only loading: a checkpoint is data, never code to unpickle.
+    ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
+    prefix = "model."
+    model.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items()})
+    return {
         "history": history.epochs,
-        "world_size": world_size,
+        "best_epoch": int(ckpt["epoch"]),
+        "best_checkpoint": str(best_path),
+        "wall_time_s": wall,
+        "world_size": trainer.world_size,
     }

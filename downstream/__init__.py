@@ -1,57 +1,60 @@
-"""Downstream: equivariant layers built from a DiscoveredGroup, downstream models, and the
-degeneracy of trained weights (local learning coefficient, ranks, emulability).
+"""Downstream: what a DiscoveredGroup is used for. Three rooms:
 
-Names are imported lazily so that one part's dependencies never load another's.
+* :mod:`atlasd.downstream.equivariant`: equivariant layers built from a group (the solver for
+  the weight basis, linear, set, convolutional and gauge layers);
+* :mod:`atlasd.downstream.experiments`: the downstream comparison of a baseline and a
+  group-built model on a task;
+* :mod:`atlasd.downstream.degeneracy`: the degeneracy of trained weights (local learning
+  coefficient, ranks, emulability) and its report.
+
+The models both studies train live in :mod:`atlasd.downstream.models`. Names are imported
+lazily so that one part's dependencies never load another's (and the typed configs import
+without torch).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from atlasd.lazy import lazy_getattr
 
-# public name -> submodule of atlasd.downstream that defines it
+# public name -> sub-package of atlasd.downstream that exports it
 _EXPORTS: dict[str, str] = {
-    "equivariant_basis": "solver",
-    "EquivariantSolver": "solver",
-    "Rep": "solver",
-    "InvariantGate": "layers",
-    "EquivariantDeepSet": "layers",
-    "GaugeEquivariantConv": "gauge",
-    "EquivariantLinear": "layers",
-    "EquivariantMLP": "layers",
-    "EquivariantConv2d": "conv",
+    "equivariant_basis": "equivariant",
+    "EquivariantSolver": "equivariant",
+    "Rep": "equivariant",
+    "InvariantGate": "equivariant",
+    "EquivariantDeepSet": "equivariant",
+    "GaugeEquivariantConv": "equivariant",
+    "EquivariantLinear": "equivariant",
+    "EquivariantMLP": "equivariant",
+    "EquivariantConv2d": "equivariant",
     "run_downstream": "experiments",
     "write_report": "experiments",
-    "estimate_llc": "llc",
-    "LLCEstimate": "llc",
-    "LLCHealthWarning": "llc",
-    "LLCHealthError": "llc",
-    "step_dependence": "llc",
-    "functional_dimension": "ranks",
-    "jacobian_spectrum": "ranks",
-    "gauss_newton_spectrum": "ranks",
-    "effective_dimension": "ranks",
-    "llc_rank_bounds": "ranks",
-    "gauss_newton_matrix": "ranks",
-    "loss_hessian": "ranks",
+    "estimate_llc": "degeneracy",
+    "LLCEstimate": "degeneracy",
+    "LLCHealthWarning": "degeneracy",
+    "LLCHealthError": "degeneracy",
+    "step_dependence": "degeneracy",
+    "functional_dimension": "degeneracy",
+    "jacobian_spectrum": "degeneracy",
+    "gauss_newton_spectrum": "degeneracy",
+    "effective_dimension": "degeneracy",
+    "llc_rank_bounds": "degeneracy",
+    "gauss_newton_matrix": "degeneracy",
+    "loss_hessian": "degeneracy",
     "run_degeneracy": "degeneracy",
-    "write_degeneracy_report": "degeneracy_report",
+    "write_degeneracy_report": "degeneracy",
     "measure_degeneracy": "degeneracy",
-    "effective_weight": "ranks",
-    "paired_log_ratio": "degeneracy_report",
-    "merge_degeneracy_reports": "degeneracy_report",
-    "emulability": "emulate",
-    "emulation": "emulate",
-    "Emulation": "emulate",
-    "parameter_symmetries": "emulate",
-    "lie_derivative": "emulate",
+    "effective_weight": "degeneracy",
+    "paired_log_ratio": "degeneracy",
+    "merge_degeneracy_reports": "degeneracy",
+    "emulability": "degeneracy",
+    "emulation": "degeneracy",
+    "Emulation": "degeneracy",
+    "parameter_symmetries": "degeneracy",
+    "lie_derivative": "degeneracy",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = importlib.import_module(f"atlasd.downstream.{_EXPORTS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'atlasd.downstream' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

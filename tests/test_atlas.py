@@ -58,9 +58,9 @@ def test_chart_normalises_and_validates():
     assert chart == Chart(center=(3, 4), radius=2) and hash(chart) == hash(Chart((3, 4), 2))
     with pytest.raises(ValueError, match="radius must be >= 1"):
         Chart(center=(3, 3), radius=0)
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(ValueError, match="chart center row must be an int, got float 3.0"):
         Chart(center=(3.0, 3), radius=1)
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(ValueError, match="chart radius must be an int, got bool True"):
         Chart(center=(3, 3), radius=True)
     with pytest.raises(ValueError, match="pair"):
         Chart(center=(3, 3, 3), radius=1)

@@ -106,11 +106,11 @@ def test_discover_writes_run_folder_and_offline_wandb(tmp_path, capsys):
     run_dir = tmp_path / "run"
     argv = [
         "discover", "--config", str(CONFIGS / "heat.yaml"), "--run_dir", str(run_dir),
-        "--data.n", "96", "--discovery.training.batch_size", "8",
-        "--discovery.training.predictor_epochs", "1",
-        "--discovery.training.basis_epochs", "4",
-        "--discovery.training.coset_candidates", "2",
-        "--discovery.training.coset_steps", "2",
+        "--data.n", "96", "--discovery.batch_size", "8",
+        "--discovery.predictor.epochs", "1",
+        "--discovery.basis.epochs", "4",
+        "--discovery.cosets.candidates", "2",
+        "--discovery.cosets.steps", "2",
         "--trainer.limit_train_batches", "6",
     ]  # fmt: skip
     with record_wandb_runs() as runs:
@@ -150,7 +150,7 @@ def test_discover_writes_run_folder_and_offline_wandb(tmp_path, capsys):
     assert summary["final/n_components"] == group.n_components
     config = logged["config"]
     assert config["task"] == "heat" and config["data"]["n"] == 96
-    assert config["training"]["basis_epochs"] == 4
+    assert config["discovery"]["basis"]["epochs"] == 4
 
 
 def test_discover_bad_task_and_seeds(tmp_path, capsys):
@@ -163,7 +163,7 @@ def test_discover_bad_task_and_seeds(tmp_path, capsys):
 def test_nested_model_override_merges_into_the_config_and_is_typed(tmp_path, command):
     """--models.baseline.kernel_size 3 changes that one option: the config's other baseline
     options and the equivariant model stay, and the value is read as YAML (an int)."""
-    from atlasd.cli import _report_config, parse
+    from atlasd.cli import parse
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(
@@ -172,14 +172,13 @@ def test_nested_model_override_merges_into_the_config_and_is_typed(tmp_path, com
     )
     argv = [command, "--config", str(cfg_file), "--models.baseline.kernel_size", "3"]
     cfg = parse(argv)[command]
-    models = _report_config(cfg, ("models",))["models"]
-    assert models == {
+    assert cfg.models.to_dict() == {
         "baseline": {"hidden": [8, 8], "kernel_size": 3},
         "equivariant": {"hidden": ["4*S + 2*V"], "kernel_size": 5},
     }
     # a whole model given as a mapping still replaces that model's options
     cfg = parse([*argv[:3], "--models.equivariant", "{hidden: ['2*S'], kernel_size: 3}"])[command]
-    assert _report_config(cfg, ("models",))["models"]["equivariant"] == {
+    assert cfg.models.equivariant.to_dict() == {
         "hidden": ["2*S"],
         "kernel_size": 3,
     }

@@ -164,9 +164,8 @@ def test_discover_and_reports_follow_the_rule(tmp_path, monkeypatch):
     wandb_mode: online when logged in (a netrc entry), offline otherwise."""
     import wandb
 
-    from atlasd import cli
+    from atlasd.cli import dashboards
 
-    cfg = parse(["discover", "--config", "heat"]).discover
     seen = []
 
     class Stop(Exception):
@@ -177,7 +176,6 @@ def test_discover_and_reports_follow_the_rule(tmp_path, monkeypatch):
         raise Stop
 
     monkeypatch.setattr(wandb, "init", fake_init)
-    report_cfg = parse(["downstream", "--config", "downstream_jets"]).downstream
     for env, offline in (({}, True), ({"NETRC": str(_netrc(tmp_path, "api.wandb.ai"))}, False)):
         monkeypatch.delenv("WANDB_MODE", raising=False)
         monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -185,14 +183,14 @@ def test_discover_and_reports_follow_the_rule(tmp_path, monkeypatch):
         monkeypatch.setenv("HOME", str(tmp_path / "nohome"))
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        logger = cli._wandb_logger(cfg, tmp_path / "run", seed=0)
+        logger = dashboards.discovery_logger("atlasd", "heat-seed0", tmp_path / "run", {})
         assert logger._offline is offline
         with pytest.raises(Stop):
-            cli._log_report(report_cfg, {}, tmp_path)
+            dashboards.log_report("atlasd", "jets-report", {}, tmp_path)
         assert seen[-1] == ("offline" if offline else "online")
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert cli._wandb_logger(cfg, tmp_path / "run", seed=0) is None
-    cli._log_report(report_cfg, {}, tmp_path)  # returns without starting a run
+    assert dashboards.discovery_logger("atlasd", "heat-seed0", tmp_path / "run", {}) is None
+    dashboards.log_report("atlasd", "jets-report", {}, tmp_path)  # returns without a run
     assert len(seen) == 2
 
 
@@ -228,12 +226,12 @@ def test_orbit_exponential_matches_torch():
     import numpy as np
     import torch
 
-    from atlasd.group_file import _expm
+    from atlasd.group_file import expm
 
     gen = np.random.default_rng(0)
     for scale in (1e-3, 1.0, 40.0):
         A = scale * gen.standard_normal((5, 3, 3))
         expected = torch.linalg.matrix_exp(torch.from_numpy(A)).numpy()
-        assert np.allclose(_expm(A), expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+        assert np.allclose(expm(A), expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
     shear = np.array([[0.0, 1.0], [0.0, 0.0]])  # nilpotent: exp = I + A exactly
-    assert np.array_equal(_expm(2.5 * shear), np.array([[1.0, 2.5], [0.0, 1.0]]))
+    assert np.array_equal(expm(2.5 * shear), np.array([[1.0, 2.5], [0.0, 1.0]]))

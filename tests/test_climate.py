@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atlasd.atlas import Atlas, Chart, act
-from atlasd.datasets import climate as C
+from atlasd.datasets import climate_fields as F
 from atlasd.datasets.climate import (
     DEFAULT_VARIABLES,
     ClimateDataModule,
@@ -471,7 +471,7 @@ def test_rivers_are_long_moist_bands_labelled_two():
 def _single_vortex_patch(kind, lat_row: int, shape=(64, 128), radius=8) -> torch.Tensor:
     """Noise-free fields of one vortex of ``kind`` centred exactly on pixel (lat_row, 40), seen
     through a sphere chart there: (1, 1, 4, 2r+1, 2r+1) in channel order TMQ, U850, V850, PSL."""
-    grid = C._Grid.build(shape)
+    grid = F.SphereGrid.build(shape)
     lat, lon = grid_coordinates(shape)
     params = {
         "lat": torch.tensor([[float(lat[lat_row])]], dtype=torch.float64),
@@ -484,7 +484,7 @@ def _single_vortex_patch(kind, lat_row: int, shape=(64, 128), radius=8) -> torch
     params["turn"] = torch.sign(params["lat"]) * (1.0 if kind.cyclonic else -1.0)
     out = {v: torch.zeros(1, shape[0] * shape[1]) for v in ("TMQ", "PSL", "U850", "V850")}
     out["code"] = torch.zeros(1, shape[0] * shape[1])
-    C._add_vortices(out, grid, params, torch.ones(1, 1, dtype=torch.bool), kind)
+    F.add_vortices(out, grid, params, torch.ones(1, 1, dtype=torch.bool), kind)
     fields = torch.stack([out[v].view(1, *shape) for v in DEFAULT_VARIABLES], 1)
     atlas = Atlas([Chart((lat_row, 40), radius)], manifold="sphere", shape=shape)
     return atlas.extract(fields)
@@ -504,7 +504,7 @@ def test_rotations_with_the_vector_representation_leave_a_cyclone_invariant(lat_
     frame, which turns against the chart's axes away from the centre by about x tan(latitude):
     the vector representation is exact at the chart centre and approximate around it, more so
     at higher latitudes (measured 5% at 21 degrees, 12% at 41 degrees)."""
-    patch = _single_vortex_patch(C._TC, lat_row)
+    patch = _single_vortex_patch(F.TROPICAL_CYCLONE, lat_row)
     rep = climate_ground_truth()["in_rep"][0].float()
     J = climate_ground_truth()["algebra"][0].float()
     for theta in (math.pi / 2, 1.0):
@@ -523,13 +523,13 @@ def test_reflections_map_cyclones_to_decoys_for_both_wind_actions(lat_row):
     """Mirror x -> -x (exact on a sphere chart: meridians map to meridians). Acting on winds as a
     vector it turns a cyclone into the turning decoy; with the det-twisted action (v -> -h v)
     into the outflow decoy. Either way a label-1 object becomes a label-0 one."""
-    tc = _single_vortex_patch(C._TC, lat_row)
+    tc = _single_vortex_patch(F.TROPICAL_CYCLONE, lat_row)
     h = torch.diag(torch.tensor([-1.0, 1.0]))
     vector = torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0]))  # (u, v) -> (-u, v)
     twisted = torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0]))  # (u, v) -> (u, -v)
     mirrored = act(h, tc, vector)
-    assert _rel(mirrored, _single_vortex_patch(C._DECOY_TURNING, lat_row)) < 1e-5
-    assert _rel(act(h, tc, twisted), _single_vortex_patch(C._DECOY_OUTFLOW, lat_row)) < 1e-5
+    assert _rel(mirrored, _single_vortex_patch(F.DECOY_TURNING, lat_row)) < 1e-5
+    assert _rel(act(h, tc, twisted), _single_vortex_patch(F.DECOY_OUTFLOW, lat_row)) < 1e-5
     assert _rel(mirrored, tc) > 0.5
 
 

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from end_to_end import discovery_flags
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +81,7 @@ def test_cli_ddp_writes_results_and_logs_once(tmp_path):
     args = [
         sys.executable, "-m", "atlasd.cli", "discover", "--task", "heat",
         "--data", json.dumps({"n": 48}), "--run_dir", str(run_dir),
-        "--discovery.training", json.dumps(training), "--progress", "lines",
+        *discovery_flags(training), "--progress", "lines",
         "--trainer.devices", "2", "--trainer.strategy", "ddp",
     ]  # fmt: skip
     res = _run(args, Path(__file__).resolve().parents[1])

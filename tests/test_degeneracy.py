@@ -17,15 +17,20 @@ from torch import nn
 
 from atlasd.downstream.degeneracy import (
     NLLOutputs,
-    _direction,
     categorical_nll,
     control_generators,
     conv_rotation_tangent,
     gaussian_nll,
+    merge_degeneracy_reports,
     run_degeneracy,
+    symmetry_direction,
+    write_degeneracy_report,
 )
-from atlasd.downstream.degeneracy_report import merge_degeneracy_reports, write_degeneracy_report
-from atlasd.downstream.ranks import gauss_newton_matrix, hessian_vector_product, loss_hessian
+from atlasd.downstream.degeneracy.ranks import (
+    gauss_newton_matrix,
+    hessian_vector_product,
+    loss_hessian,
+)
 from atlasd.group import DiscoveredGroup
 from atlasd.io import json_safe
 
@@ -117,14 +122,14 @@ def heat_report_seed1(heat_report, tmp_path_factory):
     that seed 0's run chose (as a user runs further seeds to merge)."""
     first, _ = heat_report
     config = _small_heat_config()
-    config["llc"].update(localization=first["localization"], noise_std=first["noise_std"])
+    config["llc"].update(localization=first.localization, noise_std=first.noise_std)
     config["seeds"] = [1]
     return run_degeneracy(config, o2_group(), tmp_path_factory.mktemp("degeneracy1"))
 
 
 def test_report_counts_and_ranks(heat_report):
     report, _ = heat_report
-    summary = report["summary"]
+    summary = report.summary
     assert set(summary) == {
         "symmetric/baseline",
         "symmetric/equivariant",
@@ -135,7 +140,7 @@ def test_report_counts_and_ranks(heat_report):
     # conv 1->4 (5x5) and 4->1 (5x5) with biases
     assert base["raw_parameters"] == base["free_parameters"] == 4 * 25 + 4 + 4 * 25 + 1
     assert eq["free_parameters"] < base["free_parameters"]
-    for run in report["runs"]:
+    for run in report.runs:
         d = run["free_parameters"]
         assert 0 < run["functional_dimension"] <= d
         assert run["gauss_newton"]["rank"] <= d
@@ -177,28 +182,24 @@ def test_report_counts_and_ranks(heat_report):
         ratio = summary[key]["symmetry_vs_control"][0]
         assert math.isfinite(ratio["mean"]) and ratio["mean"] > 0
     assert summary["symmetric/equivariant"]["symmetry_vs_control"] == [None]
-    assert (
-        "against shears on the same weights (Gauss-Newton, mean of the shears)" in report["reading"]
-    )
-    assert "(Gauss-Newton, flattest shear)" in report["reading"]
+    assert "against shears on the same weights (Gauss-Newton, mean of the shears)" in report.reading
+    assert "(Gauss-Newton, flattest shear)" in report.reading
     flattest = summary["symmetric/baseline"]["symmetry_vs_flattest_control"][0]
     assert flattest["mean"] >= summary["symmetric/baseline"]["symmetry_vs_control"][0]["mean"]
     # noise_std "auto" is the RMS residual of the unconstrained model on the symmetric data of
     # the first seed, so that model's NLL per sample is half its output pixels (21 x 21: charts
     # of radius 14 through two 5x5 convolutions)
     (reference,) = [
-        r
-        for r in report["runs"]
-        if (r["seed"], r["data"], r["model"]) == (0, "symmetric", "baseline")
+        r for r in report.runs if (r["seed"], r["data"], r["model"]) == (0, "symmetric", "baseline")
     ]
     assert reference["train_nll"] == pytest.approx(0.5 * 21**2, rel=1e-5)
-    assert 0.05 < report["noise_std"] < 1.0  # measured 0.21-0.36 on seeds 0-2
-    s = report["susceptibility"]["baseline"]
+    assert 0.05 < report.noise_std < 1.0  # measured 0.21-0.36 on seeds 0-2
+    s = report.susceptibility["baseline"]
     assert s["predicted_drop"] == [0.25, 0.5]
     assert s["uncertainty_from"] == "chains"
     # the default step check: a second, independent estimate at half the step, with the burn-in
     # doubled, compared with the first
-    for run in report["runs"]:
+    for run in report.runs:
         main, check = run["llc"], run["llc"]["step_check"]
         assert check["step_size"] == pytest.approx(0.5 * main["step_size"])
         assert check["burn_in"] == 2 * main["burn_in"] and check["chains"] == main["chains"]
@@ -209,9 +210,9 @@ def test_report_counts_and_ranks(heat_report):
     assert entry["step_checked"] == 1 and entry["fine_step"] == pytest.approx(0.025)
     # the symmetry direction's weight in the effective dimension at the run's gamma, and the
     # drop it allows
-    gamma = report["localization"]
+    gamma = report.localization
     weights = {}
-    for run in report["runs"]:
+    for run in report.runs:
         if run["model"] != "baseline":
             continue
         d = run["symmetry_directions"][0]
@@ -222,11 +223,11 @@ def test_report_counts_and_ranks(heat_report):
         weights[run["data"]] = d["effective_weight"]
     assert s["attainable_drop"] == pytest.approx(weights["broken"] / 2)
     assert s["quadratic_drop"] == pytest.approx((weights["broken"] - weights["symmetric"]) / 2)
-    assert report["susceptibility"]["equivariant"]["attainable_drop"] is None
+    assert report.susceptibility["equivariant"]["attainable_drop"] is None
     cs, cb = (
         next(
             r["symmetry_directions"][0]["curvature"]
-            for r in report["runs"]
+            for r in report.runs
             if r["model"] == "baseline" and r["data"] == v
         )
         for v in ("symmetric", "broken")
@@ -234,10 +235,10 @@ def test_report_counts_and_ranks(heat_report):
     assert s["best_gamma_drop"] == pytest.approx(
         (math.sqrt(cb) - math.sqrt(cs)) / (2 * (math.sqrt(cb) + math.sqrt(cs)))
     )
-    assert "the symmetry can lower the LLC by at most" in report["reading"]
-    assert "attainable at this γ (quadratic estimate)" in report["table"]
-    assert "Step check:" in report["reading"]
-    assert "LLC at the smaller step; extrapolated to step 0" in report["table"]
+    assert "the symmetry can lower the LLC by at most" in report.reading
+    assert "attainable at this γ (quadratic estimate)" in report.table
+    assert "Step check:" in report.reading
+    assert "LLC at the smaller step; extrapolated to step 0" in report.table
 
 
 def test_report_files(heat_report):
@@ -256,7 +257,7 @@ def test_report_files(heat_report):
     ("change", "message"),
     [
         ({"broken": {}}, "broken must name"),
-        ({"task": "jets"}, "unknown degeneracy task"),
+        ({"task": "jets"}, "needs a local task on fields"),
         ({"llc": {"stepsize": 0.1}}, "unknown llc option"),
         ({"samples": {"n": 0}}, "samples.n must be a positive int"),
         ({"samples": {"n": 40, "n_rank": 41}}, "n_rank cannot exceed samples.n"),
@@ -308,8 +309,8 @@ def test_gradient_bias_and_its_correction_away_from_the_minimum():
     so the plain estimate must equal half the effective dimension plus gradient_bias, and the
     gradient-corrected estimate half the effective dimension (the value at the minimum)."""
     from atlasd.downstream.degeneracy import gradient_bias
-    from atlasd.downstream.llc import estimate_llc
-    from atlasd.downstream.ranks import effective_dimension
+    from atlasd.downstream.degeneracy.llc import estimate_llc
+    from atlasd.downstream.degeneracy.ranks import effective_dimension
 
     n = 2000
     gen = torch.Generator().manual_seed(1)
@@ -399,14 +400,14 @@ def _badly_scaled_regression(seed: int, n: int = 120):
 def test_whitened_polish_beats_plain_lbfgs_on_an_ill_conditioned_loss(seed):
     """Same number of full-batch L-BFGS iterations: in Gauss-Newton-whitened coordinates the
     NLL ends several times lower than in raw coordinates, and never rises between rounds."""
-    from atlasd.downstream.degeneracy import _flat_gradient, whitened_polish
+    from atlasd.downstream.degeneracy.likelihood import flat_gradient, whitened_polish
 
     nll = gaussian_nll(1.0)
     model, x, y = _badly_scaled_regression(seed)
     record = whitened_polish(model, nll, x, y, "regression", steps=30, rounds=2, seed=seed)
     assert len(record["nll"]) == len(record["grad_norm"]) == 3
     assert all(b <= a for a, b in zip(record["nll"], record["nll"][1:], strict=False))
-    assert record["nll"][-1] == pytest.approx(_flat_gradient(model, nll, x, y)[0], rel=1e-5)
+    assert record["nll"][-1] == pytest.approx(flat_gradient(model, nll, x, y)[0], rel=1e-5)
 
     plain, x, y = _badly_scaled_regression(seed)
     opt = torch.optim.LBFGS(
@@ -421,7 +422,7 @@ def test_whitened_polish_beats_plain_lbfgs_on_an_ill_conditioned_loss(seed):
         return loss
 
     opt.step(closure)
-    plain_nll = _flat_gradient(plain, nll, x, y)[0]
+    plain_nll = flat_gradient(plain, nll, x, y)[0]
     assert record["nll"][-1] < 0.5 * plain_nll, (record["nll"], plain_nll)
 
 
@@ -473,7 +474,7 @@ def test_direction_curvatures_are_the_exact_quadratic_forms():
     g = gauss_newton_matrix(NLLOutputs(model, "regression", 0.4), x)
     mu = torch.linalg.eigvalsh(g).flip(0)
     w_norm = float(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm())
-    d = _direction(
+    d = symmetry_direction(
         model,
         so2()[0],
         g,
@@ -492,11 +493,11 @@ def test_direction_curvatures_are_the_exact_quadratic_forms():
 
 
 def _ratio_summary(sym: list[float], brk: list[float]) -> dict:
-    from atlasd.downstream.degeneracy_report import _stats
+    from atlasd.downstream.degeneracy.summary import stats
 
     def entry(values):
         return {
-            "symmetry_vs_control": [_stats(values)],
+            "symmetry_vs_control": [stats(values)],
             "symmetry_vs_control_hessian": [None],
             "symmetry_vs_flattest_control": [None],
         }
@@ -539,9 +540,9 @@ def test_control_reading_states_what_the_ratios_show(sym, brk, verdict, special)
     """The reading's sentence follows the numbers: resolved only when the 95% interval of the
     per-seed paired ratio excludes 1, with the direction of the change, and whether the
     symmetry's direction beats the shears."""
-    from atlasd.downstream.degeneracy_report import _control_reading
+    from atlasd.downstream.degeneracy.reading import control_reading
 
-    (line,) = _control_reading(_ratio_summary(sym, brk))
+    (line,) = control_reading(_ratio_summary(sym, brk))
     assert verdict in line and special in line
     assert line.startswith(
         "Generator 0 against shears on the same weights (Gauss-Newton, mean of the shears)"
@@ -551,7 +552,7 @@ def test_control_reading_states_what_the_ratios_show(sym, brk, verdict, special)
 def test_flattest_control_ratio_uses_the_least_curved_shear_per_run():
     """One shear far stiffer than the other dominates the mean; the conservative ratio divides
     by the smaller one, per run, and skips runs without the direction."""
-    from atlasd.downstream.degeneracy_report import _flattest_control_stats
+    from atlasd.downstream.degeneracy.summary import flattest_control_stats
 
     def run(sym, controls, available=True):
         return {
@@ -559,17 +560,17 @@ def test_flattest_control_ratio_uses_the_least_curved_shear_per_run():
             "control_directions": [{"available": True, "curvature": c} for c in controls],
         }
 
-    stats = _flattest_control_stats(
+    stats = flattest_control_stats(
         [run(216.0, [2e5, 211.0]), run(377.0, [2.1e5, 976.0])], "curvature"
     )
     assert stats[0]["values"] == pytest.approx([216.0 / 211.0, 377.0 / 976.0])
-    assert _flattest_control_stats([run(1.0, [2.0], available=False)], "curvature") == [None]
+    assert flattest_control_stats([run(1.0, [2.0], available=False)], "curvature") == [None]
 
 
 def test_paired_log_ratio_is_students_interval_on_the_log_ratios():
     from scipy.stats import t as student_t
 
-    from atlasd.downstream.degeneracy_report import paired_log_ratio
+    from atlasd.downstream.degeneracy import paired_log_ratio
 
     out = paired_log_ratio([2.0, 8.0], [1.0, 2.0])
     logs = [math.log(2.0), math.log(4.0)]
@@ -590,14 +591,15 @@ def test_chart_samples_take_the_class_count_from_the_datamodule():
     the largest label that happens to be drawn; regression has none."""
     from atlasd.downstream.degeneracy import chart_samples
 
-    x, y, xh, yh, n_classes = chart_samples(
+    x, y, xh, yh, n_classes, spec = chart_samples(
         "sphere_digits", {"n": 12, "n_test": 2, "seed": 0}, 20, 6, seed=0
     )
+    assert spec.n_classes == n_classes and spec.ignore_class == 10
     assert n_classes == 11
     assert x.shape[0] == 20 and xh.shape[0] == 6 and y.dtype == torch.int64
     assert 0 <= int(y.min()) and int(torch.cat([y.flatten(), yh.flatten()]).max()) < n_classes
-    *_, none = chart_samples("heat", {"n": 4, "seed": 0}, 10, 4, seed=0)
-    assert none is None
+    *_, none, spec = chart_samples("heat", {"n": 4, "seed": 0}, 10, 4, seed=0)
+    assert none is None and spec.target == "regression"
 
 
 @pytest.mark.parametrize(
@@ -609,9 +611,9 @@ def test_chart_samples_take_the_class_count_from_the_datamodule():
     ],
 )
 def test_attainable_reading_says_whether_the_llc_can_see_the_symmetry(attainable, stderr, verdict):
-    from atlasd.downstream.degeneracy_report import _attainable_reading
+    from atlasd.downstream.degeneracy.reading import attainable_reading
 
-    line = _attainable_reading(
+    line = attainable_reading(
         {"attainable_drop": attainable, "quadratic_drop": 0.5 * attainable, "stderr": stderr},
         206.0,
     )
@@ -628,13 +630,13 @@ def test_attainable_reading_says_whether_the_llc_can_see_the_symmetry(attainable
 def test_best_gamma_drop_is_the_maximum_over_gamma(cs, cb, n_beta):
     """The closed form equals a brute-force maximum of (w(c_b) - w(c_s)) / 2 over a fine log
     grid of gamma, and no grid point exceeds it."""
-    from atlasd.downstream.degeneracy_report import _best_gamma_drop
-    from atlasd.downstream.ranks import effective_weight
+    from atlasd.downstream.degeneracy.ranks import effective_weight
+    from atlasd.downstream.degeneracy.summary import best_gamma_drop
 
     def run(c):
         return {"symmetry_directions": [{"available": True, "curvature": c}]}
 
-    best = _best_gamma_drop(run(cs), run(cb))
+    best = best_gamma_drop(run(cs), run(cb))
     grid = [10 ** (k / 200) for k in range(-1600, 2401)]
     values = [(effective_weight(cb, n_beta, g) - effective_weight(cs, n_beta, g)) / 2 for g in grid]
     if cb >= cs:
@@ -642,39 +644,40 @@ def test_best_gamma_drop_is_the_maximum_over_gamma(cs, cb, n_beta):
         assert max(values) == pytest.approx(best, rel=1e-3, abs=1e-9)
     else:
         assert best <= 0
-    assert _best_gamma_drop(run(cs), {"symmetry_directions": [{"available": False}]}) is None
+    assert best_gamma_drop(run(cs), {"symmetry_directions": [{"available": False}]}) is None
 
 
 def _stored(report: dict) -> dict:
     """A report as written to and read back from report.json."""
-    return json.loads(json.dumps(json_safe(report)))
+    doc = report.to_json() if hasattr(report, "to_json") else report
+    return json.loads(json.dumps(json_safe(doc)))
 
 
 def test_step0_delta_pairs_the_extrapolated_llcs(heat_report):
     report, _ = heat_report
-    by = {(r["data"], r["model"]): r["llc"]["step_check"] for r in report["runs"]}
+    by = {(r["data"], r["model"]): r["llc"]["step_check"] for r in report.runs}
     for name in ("baseline", "equivariant"):
-        s = report["susceptibility"][name]
+        s = report.susceptibility[name]
         sym, brk = by[("symmetric", name)], by[("broken", name)]
         assert s["delta_step0"] == pytest.approx(sym["extrapolated"] - brk["extrapolated"])
         assert s["stderr_step0"] == pytest.approx(
             math.hypot(sym["extrapolated_stderr"], brk["extrapolated_stderr"])
         )
-    assert "Δ LLC extrapolated to step 0" in report["table"]
-    assert "baseline: extrapolated to step 0 (free of the sampler's" in report["reading"]
+    assert "Δ LLC extrapolated to step 0" in report.table
+    assert "baseline: extrapolated to step 0 (free of the sampler's" in report.reading
 
 
 def test_merge_pairs_seeds_run_in_separate_processes(heat_report, heat_report_seed1):
     one, two = _stored(heat_report[0]), _stored(heat_report_seed1)
     merged = merge_degeneracy_reports([two, one])
-    assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 8
-    assert [r["seed"] for r in merged["runs"]] == [0] * 4 + [1] * 4
-    assert merged["localization"] == pytest.approx(one["localization"])
-    for key, entry in merged["summary"].items():
+    assert merged.seeds == [0, 1] and len(merged.runs) == 8
+    assert [r["seed"] for r in merged.runs] == [0] * 4 + [1] * 4
+    assert merged.localization == pytest.approx(one["localization"])
+    for key, entry in merged.summary.items():
         values = [rep["summary"][key]["llc"]["mean"] for rep in (one, two)]
         assert entry["llc"]["values"] == pytest.approx(values)
         assert entry["llc"]["mean"] == pytest.approx(sum(values) / 2)
-    for name, s in merged["susceptibility"].items():
+    for name, s in merged.susceptibility.items():
         per_seed = [rep["susceptibility"][name]["delta"] for rep in (one, two)]
         assert s["per_seed"] == pytest.approx(per_seed)
         assert s["uncertainty_from"] == "seeds"
@@ -683,7 +686,7 @@ def test_merge_pairs_seeds_run_in_separate_processes(heat_report, heat_report_se
         step0 = [rep["susceptibility"][name]["delta_step0"] for rep in (one, two)]
         assert s["delta_step0"] == pytest.approx(sum(step0) / 2)
         assert s["stderr_step0"] == pytest.approx(abs(step0[0] - step0[1]) / 2)
-    assert merge_degeneracy_reports([one, two])["summary"] == merged["summary"]
+    assert merge_degeneracy_reports([one, two]).summary == merged.summary
 
 
 def _changed(report: dict, path: tuple[str, ...], value) -> dict:
@@ -724,7 +727,7 @@ def test_merge_accepts_auto_settings_that_resolved_alike(heat_report, heat_repor
     one, two = _stored(heat_report[0]), _stored(heat_report_seed1)
     assert one["config"]["llc"]["localization"] == "auto"
     assert two["config"]["llc"]["localization"] == pytest.approx(one["localization"])
-    assert merge_degeneracy_reports([one, two])["seeds"] == [0, 1]
+    assert merge_degeneracy_reports([one, two]).seeds == [0, 1]
 
 
 def test_merge_rejects_empty_and_foreign_input():
@@ -760,20 +763,20 @@ def test_merged_seeds_equal_the_seeds_run_together(heat_report, heat_report_seed
     each seed's training, patches and chains depend on the seed alone."""
     first, _ = heat_report
     config = _small_heat_config()
-    config["llc"].update(localization=first["localization"], noise_std=first["noise_std"])
+    config["llc"].update(localization=first.localization, noise_std=first.noise_std)
     config["seeds"] = [0, 1]
-    together = _stored(run_degeneracy(config, o2_group(), tmp_path))
+    together = run_degeneracy(config, o2_group(), tmp_path)
     merged = merge_degeneracy_reports([_stored(first), _stored(heat_report_seed1)])
-    for key, entry in together["summary"].items():
-        assert merged["summary"][key]["llc"]["values"] == pytest.approx(
+    for key, entry in together.summary.items():
+        assert merged.summary[key]["llc"]["values"] == pytest.approx(
             entry["llc"]["values"], rel=1e-6
         )
-        assert merged["summary"][key]["train_nll"]["values"] == pytest.approx(
+        assert merged.summary[key]["train_nll"]["values"] == pytest.approx(
             entry["train_nll"]["values"], rel=1e-6
         )
-    for name, s in together["susceptibility"].items():
-        assert merged["susceptibility"][name]["delta"] == pytest.approx(s["delta"], rel=1e-6)
-        assert merged["susceptibility"][name]["delta_step0"] == pytest.approx(
+    for name, s in together.susceptibility.items():
+        assert merged.susceptibility[name]["delta"] == pytest.approx(s["delta"], rel=1e-6)
+        assert merged.susceptibility[name]["delta_step0"] == pytest.approx(
             s["delta_step0"], rel=1e-6
         )
 
@@ -788,9 +791,9 @@ def test_reading_flags_a_localisation_below_the_negative_curvature(heat_report):
     for run in report["runs"]:
         run["llc"]["localization"] = gamma
     low = merge_degeneracy_reports([{**report, "localization": gamma}])
-    assert low["localization"] == gamma
-    assert f"below n_beta |lambda_min| = {n_beta * -worst:.3g}" in low["reading"]
-    assert "the localised posterior is improper" in low["reading"]
+    assert low.localization == gamma
+    assert f"below n_beta |lambda_min| = {n_beta * -worst:.3g}" in low.reading
+    assert "the localised posterior is improper" in low.reading
 
 
 def test_reading_counts_step_checks_that_failed_their_health_check(heat_report):
@@ -799,17 +802,17 @@ def test_reading_counts_step_checks_that_failed_their_health_check(heat_report):
     run = next(r for r in report["runs"] if r["data"] == "broken" and r["model"] == "baseline")
     run["llc"]["step_check"]["healthy"] = False
     merged = merge_degeneracy_reports([report])
-    assert merged["summary"]["broken/baseline"]["step_check_unhealthy"] == 1
-    assert merged["summary"]["symmetric/baseline"]["step_check_unhealthy"] == 0
-    assert "failed the health check in broken/baseline (1 run(s))" in merged["reading"]
+    assert merged.summary["broken/baseline"]["step_check_unhealthy"] == 1
+    assert merged.summary["symmetric/baseline"]["step_check_unhealthy"] == 0
+    assert "failed the health check in broken/baseline (1 run(s))" in merged.reading
     # the step check's sentence counts the estimates flagged step-dependent: none, then two
     for run in report["runs"]:
         run["llc"]["step_check"]["dependent"] = False
     quiet = merge_degeneracy_reports([report])
-    assert sum(e["step_dependent"] for e in quiet["summary"].values()) == 0
-    assert "Step check: no LLC estimate moved by more than 2 stderr" in quiet["reading"]
+    assert sum(e["step_dependent"] for e in quiet.summary.values()) == 0
+    assert "Step check: no LLC estimate moved by more than 2 stderr" in quiet.reading
     for run in report["runs"][:2]:
         run["llc"]["step_check"]["dependent"] = True
     moved = merge_degeneracy_reports([report])
-    assert sum(e["step_dependent"] for e in moved["summary"].values()) == 2
-    assert "Step check: 2 of 4 LLC estimates moved by more than 2 stderr" in moved["reading"]
+    assert sum(e["step_dependent"] for e in moved.summary.values()) == 2
+    assert "Step check: 2 of 4 LLC estimates moved by more than 2 stderr" in moved.reading

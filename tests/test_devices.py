@@ -26,6 +26,7 @@ from atlasd.datasets.jets import jets_ground_truth
 from atlasd.discovery.basis import LieBasis
 from atlasd.discovery.learner import BasisModule
 from atlasd.discovery.training import PredictorModule
+from atlasd.downstream.experiments.report import DownstreamReport
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -329,7 +330,7 @@ def _expected_accelerator() -> type:
 
 
 def test_every_trainer_defaults_to_auto(recording_trainer, fields, tmp_path):
-    from atlasd.downstream.experiments import quiet_trainer
+    from atlasd.downstream.models import quiet_trainer
 
     x, y, atlas = fields
     record = Record()
@@ -364,10 +365,10 @@ def _jets_config() -> dict:
     }
 
 
-def _metrics(report: dict) -> dict[str, list[float]]:
+def _metrics(report: DownstreamReport) -> dict[str, list[float]]:
     return {
         f"{name}/{metric}": summary["values"]
-        for name, model in report["models"].items()
+        for name, model in report.models.items()
         for metric, summary in model["metrics"].items()
     }
 
@@ -390,15 +391,19 @@ def test_run_downstream_passes_trainer_kwargs(tmp_path):
 
 
 def test_degeneracy_fit_passes_trainer_kwargs_and_returns_the_model_as_built(tmp_path):
-    from atlasd.downstream.degeneracy import _fit, gaussian_nll
+    from atlasd.downstream.degeneracy.config import DegeneracyTrainingConfig
+    from atlasd.downstream.degeneracy.likelihood import gaussian_nll
+    from atlasd.downstream.degeneracy.runner import fit_model
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 1, 9, 9, generator=gen)
     y = x[:, :, 2:7, 2:7] * 0.5
     model = torch.nn.Conv2d(1, 1, 5)
     record = Record()
-    opts = {"batch_size": 16, "epochs": 2, "lr": 0.01, "polish_steps": 2, "polish_rounds": 1}
-    _fit(
+    opts = DegeneracyTrainingConfig(
+        batch_size=16, epochs=2, lr=0.01, polish_steps=2, polish_rounds=1
+    )
+    fit_model(
         model, gaussian_nll(1.0), x, y, "regression", opts, 0, tmp_path,
         trainer_kwargs={"precision": "64-true", "callbacks": [record]},
     )  # fmt: skip

@@ -366,3 +366,90 @@ def test_coset_search_checks_the_canonical_representative_it_reports():
     )  # fmt: skip
     assert report["cosets"].shape[0] == 2
     assert torch.allclose(report["cosets"][1], target.double(), atol=1e-2)
+
+
+# --- typed settings, the task driver and truth metrics ----------------------------------------
+
+
+def test_config_reads_and_gives_back_the_flat_keywords():
+    from atlasd.discovery.config import FLAT_NAMES, DiscoveryConfig
+
+    cfg = DiscoveryConfig.from_kwargs({"predictor_epochs": 5, "coset_steps": 40, "loss": "mse"})
+    assert cfg.predictor.epochs == 5 and cfg.cosets.steps == 40 and cfg.basis.loss == "mse"
+    flat = cfg.to_flat()
+    assert list(flat) == [name for name, _, _ in FLAT_NAMES]
+    assert DiscoveryConfig.from_kwargs(flat) == cfg
+    with pytest.raises(ValueError, match="unknown training option"):
+        DiscoveryConfig.from_kwargs({"coset_step": 3})
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        DiscoveryConfig.from_kwargs({"batch_size": 0})
+    with pytest.raises(ValueError, match="basis.scale must be a positive number"):
+        DiscoveryConfig.from_kwargs({"scale": 0.0})
+
+
+def test_config_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, atlasd.discovery.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_settings_give_the_entry_points_keywords():
+    from atlasd.discovery.config import CosetConfig, DiscoverySettings, RunConfig
+
+    settings = DiscoverySettings(n_generators=2, cosets=CosetConfig(search=False, steps=7))
+    flat = settings.training(RunConfig(run_dir="runs/x"))
+    assert "batch_size" not in flat  # the kind's default applies
+    assert flat["coset_steps"] == 7 and flat["run_dir"] == "runs/x"
+    assert DiscoverySettings(batch_size=8).training()["batch_size"] == 8
+    with pytest.raises(ValueError, match="discovery.kind"):
+        DiscoverySettings(kind="other")
+
+
+class _VectorTask:
+    """A user's DataModule as task_spec reads it: rotation-invariant targets of 2-D vectors."""
+
+    kind = "global"
+
+    def __init__(self) -> None:
+        self.x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+        self.y = (self.x**2).sum(1, keepdim=True)
+        self.ground_truth = {"algebra": SO2, "cosets": torch.stack([torch.eye(2, dtype=F64)])}
+
+
+def test_discover_task_is_the_entry_point_plus_truth_metrics():
+    from atlasd.discovery.config import (
+        BasisConfig,
+        CosetConfig,
+        DiscoverySettings,
+        PredictorConfig,
+    )
+    from atlasd.discovery.task import discover_task, evaluate_against_truth
+
+    dm = _VectorTask()
+    settings = DiscoverySettings(
+        batch_size=32,
+        predictor=PredictorConfig(epochs=2),
+        basis=BasisConfig(epochs=2, init_candidates=2),
+        cosets=CosetConfig(candidates=2, steps=3),
+    )
+    group, metrics = discover_task(dm, settings, name="vectors", seed=1, data_time=0.5)
+    direct = atlasd.discover_global(
+        dm.x, dm.y, seed=1, batch_size=32, predictor_epochs=2, basis_epochs=2, init_candidates=2,
+        coset_candidates=2, coset_steps=3, reference_algebra=SO2,
+    )  # fmt: skip
+    assert torch.equal(group.algebra, direct.algebra)
+    assert torch.equal(group.cosets, direct.cosets)
+    assert group.metadata["dataset"] == "vectors"
+    truth = evaluate_against_truth(direct, dm.ground_truth)
+    assert group.metadata["similarity_to_truth"] == metrics["similarity_to_truth"]
+    assert metrics["similarity_to_truth"] == truth["similarity_to_truth"]
+    assert list(metrics) == [
+        "task", "seed", "dim", "n_components", "resumed_stages", "similarity_to_truth",
+        "truth_cosets_found", "cosets_match_truth", "wall_time_s", "losses",
+    ]  # fmt: skip
+    assert metrics["truth_cosets_found"] == [True]
+    assert metrics["wall_time_s"]["data"] == 0.5 and metrics["wall_time_s"]["total"] >= 0.5
+    assert set(metrics["losses"]) == {"basis_per_epoch", "predictor_val", "coset_identity"}

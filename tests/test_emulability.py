@@ -14,7 +14,7 @@ from torch import nn
 from atlasd import act
 from atlasd.conventions import smooth_fields
 from atlasd.downstream import emulability  # the contract's import path, a function
-from atlasd.downstream.emulate import (
+from atlasd.downstream.degeneracy.emulate import (
     emulation,
     input_perturbation,
     lie_derivative,
@@ -171,7 +171,7 @@ def test_parameter_symmetries_leave_the_function_unchanged():
     assert parameter_symmetries(linear).shape[0] == 16  # gl(4)
     assert parameter_symmetries(tanh).shape[0] == 0
     assert parameter_symmetries(conv).shape[0] == 3
-    from atlasd.downstream.ranks import parameter_jacobian
+    from atlasd.downstream.degeneracy.ranks import parameter_jacobian
 
     for model, x in (
         (relu, torch.randn(50, 3)),
@@ -235,7 +235,7 @@ def test_bad_inputs_fail_early():
 
 
 def test_contract_import_is_the_function():
-    import atlasd.downstream.emulate  # noqa: F401  (importing the module first must not matter)
+    import atlasd.downstream.degeneracy.emulate  # noqa: F401  (importing the module first must not matter)
     from atlasd.downstream import emulability as fn
 
     assert callable(fn) and fn.__name__ == "emulability"

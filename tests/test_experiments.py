@@ -15,14 +15,8 @@ import atlasd
 from atlasd.datasets import make_datamodule
 from atlasd.datasets.jets import jets_ground_truth
 from atlasd.datasets.sphere_digits import sphere_digits_ground_truth
-from atlasd.downstream.experiments import (
-    binary_auc,
-    build_models,
-    count_parameters,
-    mean_iou,
-    run_downstream,
-    write_report,
-)
+from atlasd.downstream.experiments import binary_auc, mean_iou, run_downstream, write_report
+from atlasd.downstream.models import build_models, count_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -47,6 +41,13 @@ def _jets_config(**training):
             "equivariant": {"phi_hidden": ["4*S + 2*V"], "rho_hidden": ["4*S + 2*V"]},
         },
     }
+
+
+def _spec(task: str, data: dict):
+    """The TaskSpec of a task's DataModule on these options (set up)."""
+    dm = make_datamodule(task, **data)
+    dm.setup("fit")
+    return dm.spec
 
 
 def _digits_config():
@@ -75,11 +76,11 @@ def jets_report(jets_group, tmp_path_factory):
 
 def test_jets_report_structure(jets_report):
     r = jets_report
-    assert r["task"] == "jets" and r["seeds"] == [0, 1]
-    assert r["group"] == {"dim": 6, "d": 4, "n_components": jets_ground_truth()["cosets"].shape[0]}
-    assert r["n_test"] == 40 and r["n_train"] == 140
-    assert set(r["models"]) == {"baseline", "equivariant"}
-    for entry in r["models"].values():
+    assert r.task == "jets" and r.seeds == [0, 1]
+    assert r.group == {"dim": 6, "d": 4, "n_components": jets_ground_truth()["cosets"].shape[0]}
+    assert r.n_test == 40 and r.n_train == 140
+    assert set(r.models) == {"baseline", "equivariant"}
+    for entry in r.models.values():
         assert set(entry["metrics"]) == {"accuracy", "auc"}
         acc = entry["metrics"]["accuracy"]
         assert len(acc["values"]) == 2
@@ -89,7 +90,7 @@ def test_jets_report_structure(jets_report):
         assert acc["mean"] == pytest.approx(sum(acc["values"]) / 2)
         assert acc["sd"] == pytest.approx(abs(acc["values"][0] - acc["values"][1]) / math.sqrt(2))
         assert entry["wall_time_s"]["mean"] > 0 and entry["cpu_time_s"]["mean"] > 0
-    lines = r["table"].splitlines()
+    lines = r.table.splitlines()
     assert lines[0].startswith("| model | accuracy | auc |") and len(lines) == 4
 
 
@@ -103,25 +104,23 @@ def test_group_built_model_beats_the_baseline_on_jets(jets_group, tmp_path):
     cfg = _jets_config(epochs=6, lr=0.003)
     cfg["data"] = {"n": 800, "n_constituents": 4, "test_fraction": 0.2, "seed": 0}
     report = run_downstream(cfg, jets_group, tmp_path, [0, 1])
-    eq = report["models"]["equivariant"]["metrics"]["auc"]["values"]
-    base = report["models"]["baseline"]["metrics"]["auc"]["values"]
+    eq = report.models["equivariant"]["metrics"]["auc"]["values"]
+    base = report.models["baseline"]["metrics"]["auc"]["values"]
     for e, b in zip(eq, base, strict=True):
         assert e > 0.8, (eq, base)
         assert e > b + 0.2, (eq, base)
 
 
 def test_parameter_counts(jets_report, jets_group, so2_group):
-    base, eq = jets_report["models"]["baseline"], jets_report["models"]["equivariant"]
+    base, eq = jets_report.models["baseline"], jets_report.models["equivariant"]
     assert base["raw_parameters"] == base["free_parameters"]
     # DeepSet 4 -> 12 -> (pool) -> 8 -> 2
     assert base["raw_parameters"] == (4 * 12 + 12) + (12 * 8 + 8) + (8 * 2 + 2)
     assert eq["free_parameters"] < eq["raw_parameters"]
     models = build_models(
-        "sphere_digits",
+        _spec("sphere_digits", _digits_config()["data"]),
         so2_group,
         _digits_config()["models"],
-        in_channels=1,
-        n_classes=11,
         seed=0,
     )
     raw, free = count_parameters(models["equivariant"])
@@ -140,8 +139,8 @@ def test_group_task_mismatch(jets_group, so2_group, tmp_path):
         run_downstream(_jets_config(), so2_group, tmp_path, [0])
     with pytest.raises(ValueError, match=r"group acts on R\^4 but task sphere_digits needs R\^2"):
         run_downstream(_digits_config(), jets_group, tmp_path, [0])
-    with pytest.raises(ValueError, match="unknown downstream task 'heat'"):
-        run_downstream({"task": "heat"}, so2_group, tmp_path, [0])
+    with pytest.raises(ValueError, match="downstream task 'heat' has a regression target"):
+        run_downstream({"task": "heat", "data": {"n": 4}}, so2_group, tmp_path, [0])
     with pytest.raises(ValueError, match="at least one seed"):
         run_downstream(_jets_config(), jets_group, tmp_path, [])
     with pytest.raises(ValueError, match="unknown training option.*epoch"):
@@ -157,14 +156,11 @@ def test_group_task_mismatch(jets_group, so2_group, tmp_path):
 def test_same_seed_same_result(jets_group, jets_report, tmp_path):
     again = run_downstream(_jets_config(), jets_group, tmp_path, [0, 1])
     for name in ("baseline", "equivariant"):
-        assert again["models"][name]["metrics"] == jets_report["models"][name]["metrics"], name
+        assert again.models[name]["metrics"] == jets_report.models[name]["metrics"], name
     # a different seed gives different initial weights
-    a = build_models(
-        "jets", jets_group, _jets_config()["models"], in_channels=4, n_classes=2, seed=0
-    )
-    b = build_models(
-        "jets", jets_group, _jets_config()["models"], in_channels=4, n_classes=2, seed=5
-    )
+    spec = _spec("jets", _jets_config()["data"])
+    a = build_models(spec, jets_group, _jets_config()["models"], seed=0)
+    b = build_models(spec, jets_group, _jets_config()["models"], seed=5)
     for name in a:
         pa = torch.cat([p.flatten() for p in a[name].parameters()])
         pb = torch.cat([p.flatten() for p in b[name].parameters()])
@@ -173,14 +169,14 @@ def test_same_seed_same_result(jets_group, jets_report, tmp_path):
 
 def test_digits_run_and_report_files(so2_group, tmp_path):
     report = run_downstream(_digits_config(), so2_group, tmp_path, [3])
-    assert set(report["models"]["equivariant"]["metrics"]) == {"accuracy"}
+    assert set(report.models["equivariant"]["metrics"]) == {"accuracy"}
     json_path, md_path = write_report(report, tmp_path)
     loaded = json.loads(json_path.read_text())
     assert (
         loaded["models"]["baseline"]["raw_parameters"]
-        == (report["models"]["baseline"]["raw_parameters"])
+        == (report.models["baseline"]["raw_parameters"])
     )
-    assert report["table"] in md_path.read_text()
+    assert report.table in md_path.read_text()
     assert not list(tmp_path.glob(".report*"))  # no temp files left behind
     with pytest.raises(ValueError, match="needs 'models' and 'table'"):
         write_report({"task": "jets"}, tmp_path)
@@ -227,13 +223,15 @@ def test_climate_uses_channel_rep(tmp_path, monkeypatch):
             "equivariant": {"hidden": ["4*S + 2*V"], "kernel_size": 3},
         },
     }
-    models = build_models("climate", group, cfg["models"], in_channels=4, n_classes=3, seed=0)
+    spec = _spec("climate", cfg["data"])
+    assert (spec.in_channels, spec.n_classes, spec.metric) == (4, 3, "mean_iou")
+    models = build_models(spec, group, cfg["models"], seed=0)
     first = models["equivariant"].convs[0]
     # the input channels (TMQ, U850, V850, PSL) carry the group's in_rep (wind pair rotating)
     ((_, mult, block),) = list(first.rep_in.slices())
     assert mult == 1 and torch.allclose(block.generators, group.in_rep.to(block.generators))
     # the report's mean IoU is the one of the trained model's test predictions: capture them
-    import atlasd.downstream.experiments as experiments
+    import atlasd.downstream.experiments.run as experiments
 
     predicted = []
 
@@ -242,11 +240,11 @@ def test_climate_uses_channel_rep(tmp_path, monkeypatch):
         predicted.append((module, x, logits))
         return logits
 
-    real_predict = experiments._predict
-    monkeypatch.setattr(experiments, "_predict", predict)
+    real_predict = experiments.predict_logits
+    monkeypatch.setattr(experiments, "predict_logits", predict)
     report = run_downstream(cfg, group, tmp_path, [0])
-    iou = report["models"]["equivariant"]["metrics"]["mean_iou"]["values"][0]
-    initial = build_models("climate", group, cfg["models"], in_channels=4, n_classes=3, seed=0)
+    iou = report.models["equivariant"]["metrics"]["mean_iou"]["values"][0]
+    initial = build_models(spec, group, cfg["models"], seed=0)
     kind = type(initial["equivariant"])
     ((module, logits),) = [(m, lg) for m, _, lg in predicted if type(m.model) is kind]
     dm = make_datamodule("climate", **cfg["data"])

@@ -17,8 +17,8 @@ from atlasd.cli import UsageError, main, parse
 from atlasd.group import DiscoveredGroup
 
 TINY = {
-    "batch_size": 8, "predictor_epochs": 1, "basis_epochs": 1, "init_candidates": 2,
-    "coset_candidates": 2, "coset_steps": 2,
+    "batch_size": 8, "predictor": {"epochs": 1}, "basis": {"epochs": 1, "init_candidates": 2},
+    "cosets": {"candidates": 2, "steps": 2},
 }  # fmt: skip
 
 
@@ -46,7 +46,7 @@ def _intact(run_dir, before) -> None:
 def _tiny_argv(run_dir) -> list[str]:
     return [
         "discover", "--task", "heat", "--data", json.dumps({"n": 40}), "--run_dir", str(run_dir),
-        "--logger", "none", "--progress", "none", "--discovery.training", json.dumps(TINY),
+        "--logger", "none", "--progress", "none", "--discovery", json.dumps(TINY),
     ]  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def _tiny_argv(run_dir) -> list[str]:
         ("task: heat\nbogus: 1\n", 2, "does not accept option 'bogus'"),
         ("task: heat\ntrainer:\n  max_epochs: many\n", 2, 'Parser key "trainer.max_epochs"'),
         ("task: weather\n", 1, "unknown task 'weather'; known tasks: climate, files, heat"),
-        ("task: heat\nprogress: loud\n", 1, "--progress must be auto, bar, lines or none"),
+        ("task: heat\nprogress: loud\n", 2, "progress must be auto, bar, lines or none"),
         ("task: heat\ndata:\n  n: 0\n", 1, "n must be"),
         (
             "task: heat\ndata:\n  colour: red\n",
@@ -138,7 +138,7 @@ _values = st.recursive(
 )  # fmt: skip
 _keys = st.sampled_from(
     ["task", "data", "seed", "seeds", "run_dir", "logger", "progress", "fresh", "ckpt_path",
-     "discovery", "trainer", "wandb_project", "bogus", "discovery.training"]
+     "discovery", "trainer", "wandb_project", "bogus", "discovery.predictor"]
 )  # fmt: skip
 
 

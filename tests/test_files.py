@@ -575,8 +575,10 @@ def test_cli_discovers_from_a_users_npz(tmp_path, monkeypatch, capsys):
               atlas: {centers: [[9, 9], [22, 22], [9, 22]], radius: 7}
               ground_truth: {algebra: [[[0, -1], [1, 0]]]}
             discovery:
-              training: {batch_size: 16, predictor_epochs: 2, basis_epochs: 2,
-                         init_candidates: 2, coset_candidates: 2, coset_steps: 2}
+              batch_size: 16
+              predictor: {epochs: 2}
+              basis: {epochs: 2, init_candidates: 2}
+              cosets: {candidates: 2, steps: 2}
             """
         )
     )

@@ -39,8 +39,8 @@ from known_llc import deep_linear_lambda, linear_network, regression_data, rrr_l
 from torch import nn
 
 from atlasd.downstream import LLCEstimate, estimate_llc
-from atlasd.downstream.llc import LLCHealthError, LLCHealthWarning, default_llc_settings
-from atlasd.downstream.ranks import effective_dimension, gauss_newton_spectrum
+from atlasd.downstream.degeneracy.llc import LLCHealthError, LLCHealthWarning, default_llc_settings
+from atlasd.downstream.degeneracy.ranks import effective_dimension, gauss_newton_spectrum
 
 N = 10_000
 
@@ -111,7 +111,7 @@ def test_preconditioned_sgld_equilibrates_an_ill_conditioned_basin():
     a step stable on the stiffest direction barely moves along the softest within the budget,
     while the preconditioner (n_beta G + gamma I)^-1 relaxes every direction alike and lands on
     the quadratic limit (1/2) sum n_beta mu / (n_beta mu + gamma)."""
-    from atlasd.downstream.ranks import gauss_newton_matrix
+    from atlasd.downstream.degeneracy.ranks import gauss_newton_matrix
 
     scales = torch.tensor([1e-2, 1e-1, 1.0, 1e1, 1e2])
     gen = torch.Generator().manual_seed(5)
@@ -161,7 +161,7 @@ def test_full_batch_excess_removes_the_minibatch_term_at_tight_localisation():
     measured on all samples every 10th draw have no draw below w*, land on the quadratic limit
     and have a several times smaller standard error (measured: 0.119 +- 0.027 with 50% below,
     against 0.109 +- 0.008 with 0% below; limit 0.106)."""
-    from atlasd.downstream.ranks import gauss_newton_matrix
+    from atlasd.downstream.degeneracy.ranks import gauss_newton_matrix
 
     n = 2000
     model, x, y = _misfit_regression_at_minimum(n)
@@ -432,8 +432,8 @@ def test_step_check_extrapolates_the_minibatch_heating_away(coarse_seed, fine_se
     chains over 8 pairs one pair had coarse - fine at 0.9 standard errors and the extrapolation
     3.0 above, so the flag ``dependent`` (2 standard errors) is not asserted here: its rule is
     checked exactly by test_step_dependence_is_exact_for_a_linear_bias. (4, 5) is held out."""
-    from atlasd.downstream.llc import step_dependence
-    from atlasd.downstream.ranks import gauss_newton_matrix
+    from atlasd.downstream.degeneracy.llc import step_dependence
+    from atlasd.downstream.degeneracy.ranks import gauss_newton_matrix
 
     n = 2000
     model, x, y = _misfit_regression_at_minimum(n)
@@ -470,7 +470,7 @@ def test_step_check_extrapolates_the_minibatch_heating_away(coarse_seed, fine_se
 def test_step_dependence_is_exact_for_a_linear_bias(lam0, slope, step, f, se):
     """lambda(eps) = lambda_0 + c eps is extrapolated to lambda_0 exactly; the flag fires only
     beyond 2 standard errors of the difference; the error propagation is the stated one."""
-    from atlasd.downstream.llc import step_dependence
+    from atlasd.downstream.degeneracy.llc import step_dependence
 
     coarse = (lam0 + slope * step, se, step)
     fine = (lam0 + slope * f * step, 2 * se, f * step)
@@ -484,7 +484,7 @@ def test_step_dependence_is_exact_for_a_linear_bias(lam0, slope, step, f, se):
 
 @pytest.mark.parametrize(("coarse_step", "fine_step"), [(0.1, 0.1), (0.1, 0.2), (0.1, 0.0)])
 def test_step_dependence_needs_a_smaller_positive_second_step(coarse_step, fine_step):
-    from atlasd.downstream.llc import step_dependence
+    from atlasd.downstream.degeneracy.llc import step_dependence
 
     with pytest.raises(ValueError, match="fine step must be positive and smaller"):
         step_dependence((1.0, 0.1, coarse_step), (1.0, 0.1, fine_step))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from atlasd.downstream import functional_dimension
-from atlasd.downstream.ranks import jacobian_spectrum, working_eps
+from atlasd.downstream.degeneracy.ranks import jacobian_spectrum, working_eps
 
 F32, F64 = torch.float32, torch.float64
 EPS32, EPS64 = torch.finfo(F32).eps, torch.finfo(F64).eps

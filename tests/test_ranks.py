@@ -14,7 +14,7 @@ from known_llc import deep_linear_lambda
 from torch import nn
 
 from atlasd.downstream import functional_dimension
-from atlasd.downstream.ranks import (
+from atlasd.downstream.degeneracy.ranks import (
     effective_dimension,
     gauss_newton_spectrum,
     jacobian_spectrum,
@@ -232,7 +232,7 @@ def test_bad_inputs_fail_early():
 def test_gauss_newton_probe_is_an_unbiased_estimate_over_all_samples():
     """Random vector-Jacobian probes: the estimate converges to J^T J / n like 1 / sqrt(probes),
     and its trace is unbiased."""
-    from atlasd.downstream.ranks import gauss_newton_matrix, gauss_newton_probe
+    from atlasd.downstream.degeneracy.ranks import gauss_newton_matrix, gauss_newton_probe
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 3, padding=1))
@@ -251,8 +251,8 @@ def test_gauss_newton_probe_is_an_unbiased_estimate_over_all_samples():
 def test_hessian_extreme_eigenvalues_by_lanczos_match_the_full_hessian():
     """Lanczos on chunked Hessian-vector products gives the extreme eigenvalues of the exact
     Hessian (indefinite away from a minimum) without forming it."""
-    from atlasd.downstream.degeneracy import gaussian_nll
-    from atlasd.downstream.ranks import hessian_extreme_eigenvalue, loss_hessian
+    from atlasd.downstream.degeneracy.likelihood import gaussian_nll
+    from atlasd.downstream.degeneracy.ranks import hessian_extreme_eigenvalue, loss_hessian
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 3, padding=1))
@@ -285,8 +285,8 @@ def test_hessian_extreme_eigenvalues_by_lanczos_match_the_full_hessian():
 def test_hessian_vector_product_is_the_full_hessian_times_v_for_any_chunking(chunk, seed):
     """Chunked over samples or not, H v equals the exact Hessian (residual term included)
     applied to v."""
-    from atlasd.downstream.degeneracy import gaussian_nll
-    from atlasd.downstream.ranks import hessian_vector_product, loss_hessian
+    from atlasd.downstream.degeneracy.likelihood import gaussian_nll
+    from atlasd.downstream.degeneracy.ranks import hessian_vector_product, loss_hessian
 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -301,8 +301,8 @@ def test_hessian_vector_product_is_the_full_hessian_times_v_for_any_chunking(chu
 
 
 def test_hessian_vector_product_names_a_wrong_vector_shape():
-    from atlasd.downstream.degeneracy import gaussian_nll
-    from atlasd.downstream.ranks import hessian_vector_product
+    from atlasd.downstream.degeneracy.likelihood import gaussian_nll
+    from atlasd.downstream.degeneracy.ranks import hessian_vector_product
 
     model = nn.Conv2d(1, 1, 3).double()
     x = torch.zeros(4, 1, 5, 5, dtype=torch.float64)
@@ -319,7 +319,7 @@ def test_hessian_vector_product_names_a_wrong_vector_shape():
 def test_effective_weight_is_the_directions_share_of_the_effective_dimension(c, n_beta, gamma):
     """For an eigenvector of G with eigenvalue c the weight is exactly its term of
     effective_dimension; it lies in [0, 1] and grows with the curvature."""
-    from atlasd.downstream.ranks import effective_dimension, effective_weight
+    from atlasd.downstream.degeneracy.ranks import effective_dimension, effective_weight
 
     w = effective_weight(c, n_beta, gamma)
     assert 0 <= w <= 1
@@ -331,7 +331,7 @@ def test_effective_weight_is_the_directions_share_of_the_effective_dimension(c, 
 
 
 def test_effective_weight_rejects_bad_settings():
-    from atlasd.downstream.ranks import effective_weight
+    from atlasd.downstream.degeneracy.ranks import effective_weight
 
     with pytest.raises(ValueError, match="n_beta > 0 and gamma >= 0"):
         effective_weight(1.0, 0.0, 1.0)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from end_to_end import discovery_flags
 from lightning.pytorch.callbacks import Callback
 
 import atlasd
@@ -104,16 +105,16 @@ class CountBatches(Callback):
 
 
 def test_finished_run_is_not_redone_and_other_settings_are_refused(heat, tmp_path, monkeypatch):
-    from atlasd.discovery import api
+    from atlasd.discovery import driver
 
     searches = []
-    real_search = api.search_cosets
+    real_search = driver.search_cosets
 
     def counted_search(*args, **kwargs):
         searches.append(1)
         return real_search(*args, **kwargs)
 
-    monkeypatch.setattr(api, "search_cosets", counted_search)
+    monkeypatch.setattr(driver, "search_cosets", counted_search)
     trained = CountBatches()
     first = _discover(heat, tmp_path, trainer_kwargs={"callbacks": [trained]})
     assert trained.batches > 0 and len(searches) == 1
@@ -144,7 +145,7 @@ def test_cli_resume_flags_and_checkpoint_errors(tmp_path, capsys):
     argv = [
         "discover", "--task", "heat", "--data", json.dumps({"n": 40}), "--run_dir", str(run_dir),
         "--logger", "none", "--progress", "lines",
-        "--discovery.training", json.dumps(TRAINING),
+        *discovery_flags(TRAINING),
     ]  # fmt: skip
     assert main(argv) == 0
     err = capsys.readouterr().err

@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
+from equivariance import assert_equivariant
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from known_groups import J, so2, so3_in_4, so13
 
 from atlasd import DiscoveredGroup
-from atlasd.downstream.solver import (
+from atlasd.downstream.equivariant import (
     BasisCache,
     EquivariantSolver,
     Rep,
@@ -86,6 +87,13 @@ def test_reference_dimensions(parity, scaling, spec_in, spec_out, expected):
     )
     gram = W.flatten(1) @ W.flatten(1).T
     assert torch.allclose(gram, torch.eye(expected, dtype=F64), atol=1e-12)
+    if expected:  # the map sum_r w_r W_r commutes with finite group elements, not only generators
+        w = torch.randn(expected, generator=torch.Generator().manual_seed(0), dtype=F64)
+        Wsum = torch.einsum("r,rmn->mn", w, W)
+        x = torch.randn(5, rin.dim, generator=torch.Generator().manual_seed(1), dtype=F64)
+        assert_equivariant(
+            lambda v: v @ Wsum.T, x, act_in=rin, act_out=rout, group=group, tol=1e-10
+        )
 
 
 def test_lorentz_invariant_is_the_metric():
@@ -192,8 +200,9 @@ def noisy_lorentz(noise: float, seed: int) -> DiscoveredGroup:
     return DiscoveredGroup(L, cosets=torch.stack([torch.eye(4, dtype=F64), PARITY_Z]))
 
 
-# noise_factor (downstream/solver.py) was calibrated on seeds 0-2; seeds 3-9 are held out. Over
-# seeds 0-29 (measured when this test was written) V⊗V -> S of noisy_lorentz(noise, seed) has:
+# noise_factor (downstream/equivariant/solver.py) was calibrated on seeds 0-2; seeds 3-9 are held
+# out. Over seeds 0-29 (measured when this test was written) V⊗V -> S of noisy_lorentz(noise, seed)
+# has:
 #   noise  gap above the metric  tau / metric eigenvalue  next eigenvalue / tau  plain rule
 #   1e-3   4.73-5.07 decades     >= 2.40                   >= 18200              rank 1 (all 30)
 #   1e-2   2.72-3.07             >= 2.40                   >= 172                rank 1 (all 30)
@@ -295,7 +304,7 @@ def test_no_constraints_and_no_solutions():
 
 
 def test_spectrum_is_logged(caplog):
-    with caplog.at_level(logging.DEBUG, logger="atlasd.downstream.solver"):
+    with caplog.at_level(logging.DEBUG, logger="atlasd.downstream.equivariant.solver"):
         equivariant_basis(so13(), so13())
     assert any("rank 1" in r.message and "spectrum" in r.message for r in caplog.records)
 

@@ -43,12 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atlasd.downstream.solver import (
-    EquivariantSolver,
-    Rep,
-    invariant_bias_vector,
-    register_invariant_bias,
-)
+from atlasd.downstream.equivariant.invariants import invariant_bias_vector, register_invariant_bias
+from atlasd.downstream.equivariant.reps import Rep
+from atlasd.downstream.equivariant.solver import EquivariantSolver
 
 if TYPE_CHECKING:
     from atlasd.group import DiscoveredGroup
@@ -56,14 +53,19 @@ if TYPE_CHECKING:
 __all__ = ["GaugeEquivariantConv", "sphere_neighbourhood", "structure_group"]
 
 _F64 = torch.float64
-_J = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=_F64)
+
+
+def _rotation_generator() -> Tensor:
+    """(1, 2, 2) float64: the counter-clockwise rotation generator J (a fresh tensor each call,
+    so that no module-level tensor can be mutated in place)."""
+    return torch.tensor([[[0.0, -1.0], [1.0, 0.0]]], dtype=_F64)
 
 
 def structure_group() -> DiscoveredGroup:
     """The exact SO(2) of rotations of tangent frames (2x2, counter-clockwise)."""
     from atlasd.group import DiscoveredGroup
 
-    return DiscoveredGroup(_J[None], metadata={"name": "SO(2) structure group"})
+    return DiscoveredGroup(_rotation_generator(), metadata={"name": "SO(2) structure group"})
 
 
 def _rotations(angle: Tensor) -> Tensor:
@@ -214,7 +216,7 @@ class GaugeEquivariantConv(nn.Module):
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd positive int, got {kernel_size!r}")
         if group is not None:
-            sim = group.similarity(_J[None]) if group.d == 2 else 0.0
+            sim = group.similarity(_rotation_generator()) if group.d == 2 else 0.0
             if sim < min_similarity:
                 raise ValueError(
                     f"gauge convolution needs the charts' group to be so(2); the given group "

@@ -1,9 +1,9 @@
 """Equivariant linear layers, invariant-gated nonlinearities and equivariant MLPs for any
 DiscoveredGroup.
 
-Features are vectors of a :class:`~atlasd.downstream.solver.Rep` on the last axis (..., D);
-the layers are equivariant: ``f(rho_in(g) x) = rho_out(g) f(x)`` for every element g of the
-group (identity component and listed cosets).
+Features are vectors of a :class:`~atlasd.downstream.equivariant.reps.Rep` on the last axis
+(..., D); the layers are equivariant: ``f(rho_in(g) x) = rho_out(g) f(x)`` for every element
+g of the group (identity component and listed cosets).
 
 - :class:`EquivariantLinear`: ``W = sum_r w_r Q_r`` over a basis of equivariant maps, solved per
   pair of blocks (so a layer between ``16*S + 8*V`` and itself solves four tiny problems, not one
@@ -29,21 +29,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atlasd.downstream.solver import (
-    BaseRep,
-    EquivariantSolver,
-    Rep,
+from atlasd.downstream.equivariant.invariants import (
     invariant_bias_vector,
     invariant_forms,
     register_invariant_bias,
 )
+from atlasd.downstream.equivariant.reps import BaseRep, Rep
+from atlasd.downstream.equivariant.solver import EquivariantSolver
 
 if TYPE_CHECKING:
     from atlasd.group import DiscoveredGroup
@@ -212,7 +212,9 @@ def _signed_log(q: Tensor) -> Tensor:
     return torch.sign(q) * torch.log1p(q.abs())
 
 
-_ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+_ACTIVATIONS: Mapping[str, type[nn.Module]] = MappingProxyType(
+    {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+)
 
 
 def _activation(activation: str | nn.Module) -> nn.Module:

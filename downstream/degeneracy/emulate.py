@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vjp
 
-from atlasd.downstream.ranks import (
+from atlasd.downstream.degeneracy.ranks import (
     FlatModel,
     check_inputs,
     float64_copy,

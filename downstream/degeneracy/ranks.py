@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +65,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacfwd, jacrev, vmap
+
+from atlasd.checks import check_int
 
 __all__ = [
     "FlatModel",
@@ -208,7 +209,7 @@ def parameter_jacobian(model: nn.Module, inputs: Tensor, *, chunk_rows: int = 40
     """
     x = check_inputs(inputs)
     flat = FlatModel(float64_copy(model))
-    blocks, _ = _chunk_jacobians(flat, x, _positive_int(chunk_rows, "chunk_rows"))
+    blocks, _ = _chunk_jacobians(flat, x, check_int("chunk_rows", chunk_rows, 1))
     return torch.cat(list(blocks), dim=0)
 
 
@@ -298,7 +299,7 @@ def jacobian_spectrum(
     x = check_inputs(inputs)
     flat = FlatModel(float64_copy(model))
     d = flat.n_parameters
-    blocks, per_sample = _chunk_jacobians(flat, x, _positive_int(chunk_rows, "chunk_rows"))
+    blocks, per_sample = _chunk_jacobians(flat, x, check_int("chunk_rows", chunk_rows, 1))
     rows = x.shape[0] * per_sample
     # Fold rows into an R factor whenever the stack exceeds 2d rows: singular values are kept.
     stack: list[Tensor] = []
@@ -420,9 +421,9 @@ def gauss_newton_probe(
     w = flat.w.detach()
     d = flat.n_parameters
     n = x.shape[0]
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = check_int("batch_size", batch_size, 1)
     n_batches = math.ceil(n / batch_size)
-    total = 4 * d if probes is None else _positive_int(probes, "probes")
+    total = 4 * d if probes is None else check_int("probes", probes, 1)
     per_batch = max(1, math.ceil(total / n_batches))
     gen = torch.Generator().manual_seed(int(seed))
     g = torch.zeros(d, d, dtype=F64)
@@ -458,7 +459,7 @@ def hessian_vector_product(
         raise ValueError(
             f"v must have shape ({d},) (one entry per parameter), got {tuple(v.shape)}"
         )
-    chunk = _positive_int(chunk, "chunk")
+    chunk = check_int("chunk", chunk, 1)
     t = v.to(w.dtype)
     out = torch.zeros(d, dtype=F64)
     for s in range(0, n, chunk):
@@ -494,8 +495,8 @@ def hessian_extreme_eigenvalue(
     if which not in ("SA", "LA"):
         raise ValueError(f"which must be 'SA' or 'LA', got {which!r}")
     d = FlatModel(model).n_parameters
-    chunk = _positive_int(chunk, "chunk")
-    max_products = _positive_int(max_products, "max_products")
+    chunk = check_int("chunk", chunk, 1)
+    max_products = check_int("max_products", max_products, 1)
 
     def hvp(v: Tensor) -> Tensor:
         return hessian_vector_product(model, loss, inputs, targets, v, chunk=chunk)
@@ -553,7 +554,7 @@ def loss_hessian(
         return jvp(grad(value), (w,), (v,))[1]
 
     eye = torch.eye(d, dtype=w.dtype, device=w.device)
-    rows = [vmap(hvp)(eye[s : s + chunk]) for s in range(0, d, _positive_int(chunk, "chunk"))]
+    rows = [vmap(hvp)(eye[s : s + chunk]) for s in range(0, d, check_int("chunk", chunk, 1))]
     h = torch.cat(rows).to(F64)
     return (h + h.T) / 2
 
@@ -606,8 +607,8 @@ def effective_weight(curvature: float, n_beta: float, gamma: float) -> float:
 def llc_rank_bounds(rank: int, n_parameters: int) -> tuple[float, float]:
     """``(r / 2, r / 2 + (d - r) / 4)``: bounds on the learning coefficient at a true parameter
     whose Hessian of ``K`` has rank ``r``, for ``d`` parameters."""
-    r = _nonnegative_int(rank, "rank")
-    d = _nonnegative_int(n_parameters, "n_parameters")
+    r = check_int("rank", rank, 0)
+    d = check_int("n_parameters", n_parameters, 0)
     if r > d:
         raise ValueError(f"rank {r} cannot exceed the number of parameters {d}")
     return r / 2, r / 2 + (d - r) / 4
@@ -628,26 +629,3 @@ def _eigenvalues(eigenvalues: Any) -> Tensor:
             f"eigenvalues must be >= 0 (a Hessian at a minimum), min {float(mu.min())}"
         )
     return mu.clamp_min(0.0)
-
-
-def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got the bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
-
-
-def _positive_int(value: Any, what: str) -> int:
-    out = _as_int(value, what)
-    if out < 1:
-        raise ValueError(f"{what} must be >= 1, got {out}")
-    return out
-
-
-def _nonnegative_int(value: Any, what: str) -> int:
-    out = _as_int(value, what)
-    if out < 0:
-        raise ValueError(f"{what} must be >= 0, got {out}")
-    return out

@@ -66,15 +66,9 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from atlasd.atlas import local_coordinates
-from atlasd.downstream.solver import (
-    BaseRep,
-    BasisCache,
-    EquivariantSolver,
-    Rep,
-    _kron,
-    invariant_bias_vector,
-    register_invariant_bias,
-)
+from atlasd.downstream.equivariant.invariants import invariant_bias_vector, register_invariant_bias
+from atlasd.downstream.equivariant.reps import BaseRep, Rep
+from atlasd.downstream.equivariant.solver import BasisCache, EquivariantSolver, kron
 
 if TYPE_CHECKING:
     from atlasd.group import DiscoveredGroup
@@ -148,7 +142,7 @@ def _rbf(points: Tensor, centres: Tensor, sigma: float) -> tuple[Tensor, Tensor]
 def _channel_op(Bo: Tensor, Bi: Tensor) -> Tensor:
     """Operator on row-major vec(K) (m*n) for ``K -> Bo K - K Bi``."""
     m, n = Bo.shape[-1], Bi.shape[-1]
-    return _kron(Bo, torch.eye(n, dtype=_F64)) - _kron(torch.eye(m, dtype=_F64), Bi.T.contiguous())
+    return kron(Bo, torch.eye(n, dtype=_F64)) - kron(torch.eye(m, dtype=_F64), Bi.T.contiguous())
 
 
 def _gram_of_rows(D: Tensor, Phi: Tensor, C: Tensor, w: float) -> Tensor:
@@ -157,10 +151,10 @@ def _gram_of_rows(D: Tensor, Phi: Tensor, C: Tensor, w: float) -> Tensor:
     D, Phi: (P, n_rbf); C: (q, q) channel operator. Returns (n_rbf * q, n_rbf * q)."""
     eye = torch.eye(C.shape[0], dtype=_F64)
     return w * (
-        _kron(D.T @ D, eye)
-        - _kron(D.T @ Phi, C)
-        - _kron(Phi.T @ D, C.T.contiguous())
-        + _kron(Phi.T @ Phi, C.T @ C)
+        kron(D.T @ D, eye)
+        - kron(D.T @ Phi, C)
+        - kron(Phi.T @ D, C.T.contiguous())
+        + kron(Phi.T @ Phi, C.T @ C)
     )
 
 
@@ -215,15 +209,7 @@ def kernel_basis(
     m, n = Bo.shape[-1], Bi.shape[-1]
     s = kernel_size
     if mode == "center":
-        solver = solver if solver is not None else EquivariantSolver(cache_size=0)
-        W = (
-            solver.basis(Bi, Bo, discrete_in, discrete_out)
-            if cosets is not None
-            else (solver.basis(Bi, Bo))
-        )
-        out = torch.zeros(W.shape[0], m, n, s, s, dtype=_F64)
-        out[..., r, r] = W
-        return KernelBasis(out, torch.zeros(W.shape[0], dtype=_F64), torch.zeros(0), "center")
+        return _centre_basis(Bi, Bo, s, cosets, discrete_in, discrete_out, solver)
     if mode not in ("smooth", "uniform"):
         raise ValueError(f"mode must be 'smooth', 'uniform' or 'center', got {mode!r}")
     if r == 0:
@@ -250,18 +236,86 @@ def kernel_basis(
             f"a {s}x{s} kernel between blocks of size {n} and {m} has {n_rbf * q} unknowns "
             "(more than 4000); use smaller channel blocks"
         )
+    pts = _collocation_points(R, spacing)
+    w_area = spacing**2
+    phi, grad = _rbf(pts, centres, sigma)
+    gram = torch.zeros(n_rbf * q, n_rbf * q, dtype=_F64)
+    _add_generator_constraints(gram, A, Bo, Bi, pts, phi, grad, centres, r, sigma, w_area, mode)
+    if cosets is not None and discrete_in is not None and discrete_out is not None:
+        _add_coset_constraints(
+            gram, cosets, discrete_in, discrete_out, pts, phi, centres, R, sigma, w_area, mode
+        )
+    norm = w_area * kron(phi.T @ phi, torch.eye(q, dtype=_F64))
+    gram = 0.5 * (gram + gram.T)
+    lam_t, vecs = _generalised_eigh(gram, norm)
+    keep = lam_t <= threshold
+    basis = _kernels_on_pixels(vecs[:, keep], pix, inside, centres, sigma, m, n)
+    if pixel_group:
+        basis = _project_pixel_group(basis, pixel_group, r)
+    # exact zeros outside the disc (the SVD leaves float dust there)
+    basis = basis * inside.reshape(s, s).to(_F64)
+    return KernelBasis(basis, lam_t[keep], lam_t, mode)
+
+
+def _centre_basis(
+    Bi: Tensor,
+    Bo: Tensor,
+    s: int,
+    cosets: Tensor | None,
+    discrete_in: Tensor | None,
+    discrete_out: Tensor | None,
+    solver: EquivariantSolver | None,
+) -> KernelBasis:
+    """The exact centre-tap kernels (r, m, n, s, s): ``W`` with ``B_out W = W B_in`` (and the
+    coset constraints when ``cosets`` is given) at the centre pixel, zero elsewhere."""
+    r = s // 2
+    m, n = Bo.shape[-1], Bi.shape[-1]
+    solver = solver if solver is not None else EquivariantSolver(cache_size=0)
+    W = (
+        solver.basis(Bi, Bo, discrete_in, discrete_out)
+        if cosets is not None
+        else (solver.basis(Bi, Bo))
+    )
+    out = torch.zeros(W.shape[0], m, n, s, s, dtype=_F64)
+    out[..., r, r] = W
+    return KernelBasis(out, torch.zeros(W.shape[0], dtype=_F64), torch.zeros(0), "center")
+
+
+def _collocation_points(R: float, spacing: float) -> Tensor:
+    """(p, 2) float64: the points of a square grid of step ``spacing`` inside the disc of
+    radius R, where the constraint residual is measured."""
     g = torch.arange(-R, R + 1e-9, spacing, dtype=_F64)
     gy, gx = torch.meshgrid(g, g, indexing="ij")
     pts = torch.stack([gx.flatten(), gy.flatten()], dim=1)
-    pts = pts[pts.norm(dim=1) <= R]
-    w_area = spacing**2
-    phi, grad = _rbf(pts, centres, sigma)
+    return pts[pts.norm(dim=1) <= R]
+
+
+def _add_generator_constraints(
+    gram: Tensor,
+    A: Tensor,
+    Bo: Tensor,
+    Bi: Tensor,
+    pts: Tensor,
+    phi: Tensor,
+    grad: Tensor,
+    centres: Tensor,
+    r: int,
+    sigma: float,
+    w_area: float,
+    mode: str,
+) -> None:
+    """Add to ``gram`` (n_rbf * q, n_rbf * q), in place, the squared residual of the
+    infinitesimal constraint of every generator (A (k, 2, 2), channel actions Bo (k, m, m),
+    Bi (k, n, n)) at the collocation points ``pts`` (p, 2) with RBF values ``phi`` (p, n_rbf)
+    and gradients ``grad`` (p, n_rbf, 2); in smooth mode also the Jacobian term and the rim
+    condition."""
+    q = Bo.shape[-1] * Bi.shape[-1]
+    R = r + 0.5
     n_rim = max(64, 24 * r)
     theta = torch.arange(n_rim, dtype=_F64) * (2 * math.pi / n_rim)
     rim = R * torch.stack([theta.cos(), theta.sin()], dim=1)
     phi_rim, _ = _rbf(rim, centres, sigma)
     w_rim = 2 * math.pi * R / n_rim
-    gram = torch.zeros(n_rbf * q, n_rbf * q, dtype=_F64)
     for Ak, Bok, Bik in zip(A, Bo, Bi, strict=True):
         scale = float(Ak.norm())
         if scale == 0.0:
@@ -276,35 +330,57 @@ def kernel_basis(
         if mode == "smooth":
             flux = ((rim @ Ak.T) * rim).sum(-1) / R  # (A z) . n on the rim
             Mr = flux[:, None] * phi_rim
-            gram += w_rim * _kron(Mr.T @ Mr, torch.eye(q, dtype=_F64))
-    if cosets is not None and discrete_in is not None and discrete_out is not None:
-        for H, Hi, Ho in zip(cosets[1:], discrete_in[1:], discrete_out[1:], strict=True):
-            Hz = pts @ H.T
-            keep = Hz.norm(dim=1) <= R
-            if not bool(keep.any()):
-                continue
-            phi_h, _ = _rbf(Hz[keep], centres, sigma)
-            jac = 1.0 if mode == "uniform" else 1.0 / abs(float(torch.linalg.det(H)))
-            Kh = jac * _kron(Ho, torch.linalg.inv(Hi).T.contiguous())
-            # rows: K(H z) - Kh K(z)  ==  kron(phi_h, I) - kron(phi, Kh)
-            gram += _gram_of_rows(phi_h, phi[keep], Kh, w_area)
-    norm = w_area * _kron(phi.T @ phi, torch.eye(q, dtype=_F64))
-    gram = 0.5 * (gram + gram.T)
-    lam_t, vecs = _generalised_eigh(gram, norm)
-    keep = lam_t <= threshold
-    theta_kept = vecs[:, keep]  # (n_rbf * q, r_kept)
-    # sample on the pixels of the disc; pixels outside the disc stay zero
+            gram += w_rim * kron(Mr.T @ Mr, torch.eye(q, dtype=_F64))
+
+
+def _add_coset_constraints(
+    gram: Tensor,
+    cosets: Tensor,
+    discrete_in: Tensor,
+    discrete_out: Tensor,
+    pts: Tensor,
+    phi: Tensor,
+    centres: Tensor,
+    R: float,
+    sigma: float,
+    w_area: float,
+    mode: str,
+) -> None:
+    """Add to ``gram``, in place, the squared residual of ``K(H z) = |det H|^-1 rho_out(H) K(z)
+    rho_in(H)^-1`` (no Jacobian in uniform mode) for every coset representative but the
+    identity (cosets (c, 2, 2), discrete_in (c, n, n), discrete_out (c, m, m)) at the
+    collocation points whose image stays inside the disc."""
+    for H, Hi, Ho in zip(cosets[1:], discrete_in[1:], discrete_out[1:], strict=True):
+        Hz = pts @ H.T
+        keep = Hz.norm(dim=1) <= R
+        if not bool(keep.any()):
+            continue
+        phi_h, _ = _rbf(Hz[keep], centres, sigma)
+        jac = 1.0 if mode == "uniform" else 1.0 / abs(float(torch.linalg.det(H)))
+        Kh = jac * kron(Ho, torch.linalg.inv(Hi).T.contiguous())
+        # rows: K(H z) - Kh K(z)  ==  kron(phi_h, I) - kron(phi, Kh)
+        gram += _gram_of_rows(phi_h, phi[keep], Kh, w_area)
+
+
+def _kernels_on_pixels(
+    theta_kept: Tensor,
+    pix: Tensor,
+    inside: Tensor,
+    centres: Tensor,
+    sigma: float,
+    m: int,
+    n: int,
+) -> Tensor:
+    """The solved RBF coefficients ``theta_kept`` (n_rbf * m * n, r) sampled on the pixels of
+    the disc (pixels outside stay zero) and orthonormalised: (r, m, n, s, s) float64."""
+    q = m * n
+    s = math.isqrt(pix.shape[0])
     phi_pix, _ = _rbf(pix[inside], centres, sigma)
-    vals = _kron(phi_pix, torch.eye(q, dtype=_F64)) @ theta_kept  # (n_in * q, r_kept)
+    vals = kron(phi_pix, torch.eye(q, dtype=_F64)) @ theta_kept  # (n_in * q, r_kept)
     kernels = torch.zeros(theta_kept.shape[1], s * s, q, dtype=_F64)
     kernels[:, inside] = vals.T.reshape(-1, int(inside.sum()), q)
     kernels = kernels.reshape(-1, s, s, m, n).permute(0, 3, 4, 1, 2)  # (r, m, n, s, s)
-    basis = _orthonormalise(kernels)
-    if pixel_group:
-        basis = _project_pixel_group(basis, pixel_group, r)
-    # exact zeros outside the disc (the SVD leaves float dust there)
-    basis = basis * inside.reshape(s, s).to(_F64)
-    return KernelBasis(basis, lam_t[keep], lam_t, mode)
+    return _orthonormalise(kernels)
 
 
 def _generalised_eigh(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
@@ -453,7 +529,8 @@ class EquivariantConv2d(nn.Module):
         grid_tol: tolerance for recognising rotations by 90 degrees / flips as group elements.
         bias: equivariant bias (invariant vectors of out_rep, constant over space).
         padding: "same" (zero padding s // 2, the default) or an int.
-        solver, dtype, generator: as for :class:`~atlasd.downstream.layers.EquivariantLinear`.
+        solver, dtype, generator: as for
+            :class:`~atlasd.downstream.equivariant.layers.EquivariantLinear`.
 
     Attributes:
         n_free_parameters: trainable scalars (kernel coefficients + bias coefficients).

@@ -64,6 +64,33 @@ Health checks (per chain, reported in :class:`LLCEstimate` and warned about with
   draws;
 * an exploding chain: a loss above ``explode_factor * (L_n(w*) + d / n_beta)`` (default factor
   10; ``d`` parameters; ``d / n_beta`` is twice the mean excess loss of a quadratic basin).
+
+Options
+-------
+* ``preconditioner``: optional ``(d, d)`` symmetric positive definite matrix ``P`` (parameter
+  order of ``named_parameters``): preconditioned SGLD
+  ``w <- w - (eps / 2) P (n_beta grad L_B + gamma (w - w*)) + sqrt(eps) C xi`` with
+  ``C C^T = P``. A constant ``P`` leaves the stationary distribution unchanged; with
+  ``P = (n_beta G + gamma I)^-1`` (``G`` a Gauss-Newton matrix at ``w*``) every
+  quadratic direction relaxes at the same rate, so ``eps`` is then a dimensionless
+  step (about 0.1) instead of one limited by the stiffest direction. The calibrated
+  defaults above are for ``P = I``; pass ``step_size`` with a preconditioner.
+* ``gradient_correction``: sample (and measure the excess of) the tilted loss
+  ``L_n(w) - grad L_n(w*) . (w - w*)`` instead of ``L_n``: same curvature, but ``w*``
+  is a critical point of it. For a trained ``w*`` that is not an exact minimum
+  (ill-conditioned losses never get there) the chains otherwise slide down the
+  residual gradient and the estimate is dominated by it (negative values). On a
+  quadratic loss the corrected estimate is exactly the one at the minimum; for
+  singular directions it is a documented approximation, not the LLC of a minimum.
+* ``full_batch_every``: 0 (default): each draw's excess is ``L_B(w_t) - L_B(w*)`` on the
+  step's minibatch, the usual estimator. ``k > 0``: every ``k``-th draw after burn-in
+  the excess is measured on ALL ``n`` samples, ``L_n(w_t) - L_n(w*)``, and only those
+  enter the estimate and the below-``w*`` health check. Same expectation, without the
+  minibatch term ``(grad L_B - grad L_n) . (w_t - w*)``, whose spread dominates the
+  excess when the per-sample gradients at ``w*`` are large against the curvature
+  (misspecified models, tight localisation); the below fraction then reflects the
+  loss surface, not the minibatch. Costs about ``n / (k * batch_size)`` extra
+  forward passes per chain and draw.
 """
 
 from __future__ import annotations
@@ -79,7 +106,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
-from atlasd.downstream.ranks import FlatModel, _nonnegative_int, _positive_int
+from atlasd.checks import check_finite, check_int
+from atlasd.downstream.degeneracy.ranks import FlatModel
 
 __all__ = [
     "LLCEstimate",
@@ -178,7 +206,7 @@ class LLCEstimate:
 
 def default_llc_settings(n: int) -> dict[str, float | int]:
     """The calibrated defaults of :func:`estimate_llc` for a data set of ``n`` samples."""
-    n = _positive_int(n, "n")
+    n = check_int("n", n, 1)
     if n < 2:
         raise ValueError(f"the LLC needs at least 2 samples (n / log n), got n={n}")
     n_beta = n / math.log(n)
@@ -237,31 +265,13 @@ def estimate_llc(
             raises :class:`LLCHealthError`, ``"off"`` only records problems.
         below_tolerance: largest healthy fraction of draws below the loss at ``w*``.
         explode_factor: ``k`` in the explosion threshold ``k (L_n(w*) + d / n_beta)``.
-        preconditioner: optional ``(d, d)`` symmetric positive definite matrix ``P`` (parameter
-            order of ``named_parameters``): preconditioned SGLD
-            ``w <- w - (eps / 2) P (n_beta grad L_B + gamma (w - w*)) + sqrt(eps) C xi`` with
-            ``C C^T = P``. A constant ``P`` leaves the stationary distribution unchanged; with
-            ``P = (n_beta G + gamma I)^-1`` (``G`` a Gauss-Newton matrix at ``w*``) every
-            quadratic direction relaxes at the same rate, so ``eps`` is then a dimensionless
-            step (about 0.1) instead of one limited by the stiffest direction. The calibrated
-            defaults above are for ``P = I``; pass ``step_size`` with a preconditioner.
-        gradient_correction: sample (and measure the excess of) the tilted loss
-            ``L_n(w) - grad L_n(w*) . (w - w*)`` instead of ``L_n``: same curvature, but ``w*``
-            is a critical point of it. For a trained ``w*`` that is not an exact minimum
-            (ill-conditioned losses never get there) the chains otherwise slide down the
-            residual gradient and the estimate is dominated by it (negative values). On a
-            quadratic loss the corrected estimate is exactly the one at the minimum; for
-            singular directions it is a documented approximation, not the LLC of a minimum.
-
-        full_batch_every: 0 (default): each draw's excess is ``L_B(w_t) - L_B(w*)`` on the
-            step's minibatch, the usual estimator. ``k > 0``: every ``k``-th draw after burn-in
-            the excess is measured on ALL ``n`` samples, ``L_n(w_t) - L_n(w*)``, and only those
-            enter the estimate and the below-``w*`` health check. Same expectation, without the
-            minibatch term ``(grad L_B - grad L_n) . (w_t - w*)``, whose spread dominates the
-            excess when the per-sample gradients at ``w*`` are large against the curvature
-            (misspecified models, tight localisation); the below fraction then reflects the
-            loss surface, not the minibatch. Costs about ``n / (k * batch_size)`` extra
-            forward passes per chain and draw.
+        preconditioner: optional ``(d, d)`` symmetric positive definite ``P`` (parameter
+            order of ``named_parameters``) for preconditioned SGLD; pass ``step_size`` with
+            it (see "Options" in the module docstring).
+        gradient_correction: sample the tilted loss ``L_n(w) - grad L_n(w*) . (w - w*)``, for
+            a ``w*`` that is not an exact minimum (see "Options").
+        full_batch_every: ``k > 0`` measures every ``k``-th draw's excess on all ``n``
+            samples instead of the step's minibatch (0, default: minibatch; see "Options").
 
     Returns:
         :class:`LLCEstimate` (``.mean .std .per_chain .trace`` and diagnostics).
@@ -273,39 +283,73 @@ def estimate_llc(
     """
     x, y = _check_data(data)
     n = x.shape[0]
-    defaults = default_llc_settings(n)
-    n_beta = _positive_float(defaults["n_beta"] if n_beta is None else n_beta, "n_beta")
-    gamma = _nonnegative_float(
-        defaults["localization"] if localization is None else localization, "localization"
+    opts = _resolve_settings(
+        n,
+        dict(n_beta=n_beta, localization=localization, step_size=step_size, chains=chains),
+        dict(draws=draws, burn_in=burn_in, batch_size=batch_size, seed=seed),
+        check=check,
+        below_tolerance=below_tolerance,
+        explode_factor=explode_factor,
+        full_batch_every=full_batch_every,
     )
-    eps = _positive_float(defaults["step_size"] if step_size is None else step_size, "step_size")
-    chains = _positive_int(chains, "chains")
-    draws = _positive_int(defaults["draws"] if draws is None else draws, "draws")
-    burn_in = _nonnegative_int(defaults["burn_in"] if burn_in is None else burn_in, "burn_in")
-    batch_size = _positive_int(
-        defaults["batch_size"] if batch_size is None else batch_size, "batch_size"
-    )
-    seed = _nonnegative_int(seed, "seed")
-    if check not in ("warn", "raise", "off"):
-        raise ValueError(f"check must be 'warn', 'raise' or 'off', got {check!r}")
-    if not 0.0 <= below_tolerance <= 1.0:
-        raise ValueError(f"below_tolerance must lie in [0, 1], got {below_tolerance}")
-    full_batch_every = _nonnegative_int(full_batch_every, "full_batch_every")
-    explode_factor = _positive_float(explode_factor, "explode_factor")
     loss_fn = mse_nll if loss is None else loss
     if not callable(loss_fn):
         raise ValueError(f"loss must be callable (pred, target) -> scalar, got {loss_fn!r}")
-
     flat_model = FlatModel(model)
     w_star = flat_model.w
     root = _preconditioner_root(
         preconditioner, flat_model.n_parameters, w_star.dtype, w_star.device
     )
-    if root is not None and step_size is None:
-        raise ValueError(
-            "a preconditioner changes the scale of the step: pass step_size (about 0.1 for "
-            "P = (n_beta G + gamma I)^-1)"
-        )
+    _need_step_size(root, step_size)
+    chain_loss, x, y, init_loss = _chain_loss(flat_model, loss_fn, x, y, gradient_correction)
+
+    burn_in, draws, every = opts["burn_in"], opts["draws"], opts["full_batch_every"]
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    trace, excess, full = _sgld(
+        chain_loss,
+        w_star,
+        x,
+        y,
+        n_beta=opts["n_beta"],
+        gamma=opts["localization"],
+        eps=opts["step_size"],
+        chains=opts["chains"],
+        steps=burn_in + draws,
+        batch_size=opts["batch_size"],
+        seed=opts["seed"],
+        root=root,
+        full_at=range(burn_in, burn_in + draws, every) if every else range(0),
+    )
+    wall_s, cpu_s = time.perf_counter() - start_wall, time.process_time() - start_cpu
+
+    keys = ("n_beta", "localization", "step_size", "chains", "draws", "burn_in", "batch_size")
+    settings = {"n": n, **{k: opts[k] for k in (*keys, "seed")}}
+    settings.update(n_parameters=flat_model.n_parameters, preconditioned=root is not None)
+    settings.update(gradient_correction=bool(gradient_correction), full_batch_every=every)
+    estimate = _estimate(
+        trace,
+        excess,
+        full,
+        init_loss,
+        flat_model.n_parameters,
+        below_tolerance=below_tolerance,
+        explode_factor=opts["explode_factor"],
+        settings=settings,
+        times=(wall_s, cpu_s),
+    )
+    if estimate.problems and check == "raise":
+        raise LLCHealthError("; ".join(estimate.problems))
+    for p in estimate.problems if check == "warn" else ():
+        warnings.warn(p, LLCHealthWarning, stacklevel=2)
+    return estimate
+
+
+def _chain_loss(
+    flat_model: FlatModel, loss_fn: LossFn, x: Tensor, y: Tensor, gradient_correction: bool
+) -> tuple[Callable[[Tensor, Tensor, Tensor], Tensor], Tensor, Tensor, float]:
+    """``(chain_loss, x, y, L(w*))``: the loss the chains sample (tilted by the gradient at
+    ``w*`` with ``gradient_correction``) and the data on the parameters' device and dtype."""
+    w_star = flat_model.w
     x = x.to(w_star.device)
     y = y.to(w_star.device)
     # floating data follows the parameters' dtype (integer class labels stay as they are)
@@ -333,26 +377,27 @@ def estimate_llc(
     init_loss = float(_full_losses(chain_loss, w_star[None], x, y)[0])
     if not math.isfinite(init_loss):
         raise ValueError(f"the loss at w* is not finite ({init_loss}); check the model and data")
+    return chain_loss, x, y, init_loss
 
-    start_wall, start_cpu = time.perf_counter(), time.process_time()
-    full_at = range(burn_in, burn_in + draws, full_batch_every) if full_batch_every else range(0)
-    trace, excess, full = _sgld(
-        chain_loss,
-        w_star,
-        x,
-        y,
-        n_beta=n_beta,
-        gamma=gamma,
-        eps=eps,
-        chains=chains,
-        steps=burn_in + draws,
-        batch_size=batch_size,
-        seed=seed,
-        root=root,
-        full_at=full_at,
-    )
-    wall_s, cpu_s = time.perf_counter() - start_wall, time.process_time() - start_cpu
 
+def _estimate(
+    trace: Tensor,
+    excess: Tensor,
+    full: Tensor,
+    init_loss: float,
+    n_parameters: int,
+    *,
+    below_tolerance: float,
+    explode_factor: float,
+    settings: dict[str, Any],
+    times: tuple[float, float],
+) -> LLCEstimate:
+    """The estimate from the chains' traces ``(chains, steps)``: per-chain means of the scaled
+    excess over the draws, health problems, and the settings. Raises :class:`LLCHealthError`
+    when every chain diverged."""
+    n_beta, chains, eps = settings["n_beta"], settings["chains"], settings["step_size"]
+    full_batch_every, burn_in = settings["full_batch_every"], settings["burn_in"]
+    wall_s, cpu_s = times
     excess = excess * n_beta
     # full-data draws: the excess over L_n(w*) itself (same chunks and arithmetic as
     # init_loss), no minibatch term
@@ -361,7 +406,7 @@ def estimate_llc(
     per_chain = drawn.mean(dim=1)
     per_chain = torch.where(finite, per_chain, torch.full_like(per_chain, math.nan))
     below = (drawn < 0).double().mean(dim=1)
-    base = init_loss + flat_model.n_parameters / n_beta
+    base = init_loss + n_parameters / n_beta
     max_ratio = torch.nan_to_num(trace, nan=math.inf).amax(dim=1) / base
 
     problems = _health(finite, per_chain, below, max_ratio, below_tolerance, explode_factor)
@@ -373,21 +418,6 @@ def estimate_llc(
     good = per_chain[finite]
     mean = float(good.mean())
     std = float(good.std()) if good.numel() > 1 else 0.0
-    settings = {
-        "n": n,
-        "n_beta": n_beta,
-        "localization": gamma,
-        "step_size": eps,
-        "chains": chains,
-        "draws": draws,
-        "burn_in": burn_in,
-        "batch_size": batch_size,
-        "seed": seed,
-        "n_parameters": flat_model.n_parameters,
-        "preconditioned": root is not None,
-        "gradient_correction": bool(gradient_correction),
-        "full_batch_every": full_batch_every,
-    }
     estimate = LLCEstimate(
         mean=mean,
         std=std,
@@ -406,12 +436,60 @@ def estimate_llc(
         wall_s=wall_s,
         cpu_s=cpu_s,
     )
-    if problems and check == "raise":
-        raise LLCHealthError("; ".join(problems))
-    if problems and check == "warn":
-        for p in problems:
-            warnings.warn(p, LLCHealthWarning, stacklevel=2)
     return estimate
+
+
+def _resolve_settings(
+    n: int,
+    scales: dict[str, Any],
+    lengths: dict[str, Any],
+    *,
+    check: str,
+    below_tolerance: float,
+    explode_factor: float,
+    full_batch_every: int,
+) -> dict[str, Any]:
+    """The sampler's settings for ``n`` samples: defaults filled in, every value checked.
+    ``scales``: n_beta, localization, step_size, chains; ``lengths``: draws, burn_in,
+    batch_size, seed (None = the default for ``n``)."""
+    n_beta, localization, step_size = (scales[k] for k in ("n_beta", "localization", "step_size"))
+    chains = scales["chains"]
+    draws, burn_in, batch_size, seed = (
+        lengths[k] for k in ("draws", "burn_in", "batch_size", "seed")
+    )
+    defaults = default_llc_settings(n)
+    n_beta = check_finite("n_beta", defaults["n_beta"] if n_beta is None else n_beta, positive=True)
+    gamma = check_finite(
+        "localization", defaults["localization"] if localization is None else localization
+    )
+    eps = check_finite(
+        "step_size", defaults["step_size"] if step_size is None else step_size, positive=True
+    )
+    chains = check_int("chains", chains, 1)
+    draws = check_int("draws", defaults["draws"] if draws is None else draws, 1)
+    burn_in = check_int("burn_in", defaults["burn_in"] if burn_in is None else burn_in, 0)
+    batch_size = check_int(
+        "batch_size", defaults["batch_size"] if batch_size is None else batch_size, 1
+    )
+    seed = check_int("seed", seed, 0)
+    if check not in ("warn", "raise", "off"):
+        raise ValueError(f"check must be 'warn', 'raise' or 'off', got {check!r}")
+    if not 0.0 <= below_tolerance <= 1.0:
+        raise ValueError(f"below_tolerance must lie in [0, 1], got {below_tolerance}")
+    full_batch_every = check_int("full_batch_every", full_batch_every, 0)
+    explode_factor = check_finite("explode_factor", explode_factor, positive=True)
+    return {
+        "n_beta": n_beta,
+        "localization": gamma,
+        "step_size": eps,
+        "chains": chains,
+        "draws": draws,
+        "burn_in": burn_in,
+        "batch_size": batch_size,
+        "seed": seed,
+        "full_batch_every": full_batch_every,
+        "explode_factor": explode_factor,
+    }
 
 
 def step_dependence(
@@ -560,6 +638,14 @@ def _sgld(
     return trace, (record[:, 0] - record[:, 1]).T.contiguous(), full
 
 
+def _need_step_size(root: Tensor | None, step_size: float | None) -> None:
+    if root is not None and step_size is None:
+        raise ValueError(
+            "a preconditioner changes the scale of the step: pass step_size (about 0.1 for "
+            "P = (n_beta G + gamma I)^-1)"
+        )
+
+
 def _preconditioner_root(p: Any, d: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
     """Cholesky factor ``C`` (``C C^T = P``) of a symmetric positive definite ``(d, d)`` ``P``."""
     if p is None:
@@ -606,23 +692,6 @@ def _health(
                 f" (> {explode_factor:g}); lower step_size or raise localization"
             )
     return problems
-
-
-def _positive_float(value: Any, what: str) -> float:
-    out = _nonnegative_float(value, what)
-    if out == 0:
-        raise ValueError(f"{what} must be > 0, got {value!r}")
-    return out
-
-
-def _nonnegative_float(value: Any, what: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(out) or out < 0:
-        raise ValueError(f"{what} must be finite and >= 0, got {value!r}")
-    return out
 
 
 def _check_data(data: Any) -> tuple[Tensor, Tensor]:
