@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_finite",
     "check_fraction",
@@ -41,6 +42,13 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a bool ("NAME must be true or false, got V")."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:

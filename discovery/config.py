@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from atlasd.checks import (
+    check_bool,
     check_choice,
     check_int,
     check_nonnegative_int,
@@ -73,11 +74,6 @@ FLAT_NAMES: tuple[tuple[str, str | None, str], ...] = (
 )
 
 
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
 @dataclass
 class PredictorConfig:
     """Stage 1, the predictors trained on ``(x, y)`` (unused with a fixed predictor).
@@ -107,7 +103,8 @@ class PredictorConfig:
         check_positive("predictor.lr", self.lr)
         check_choice("predictor.loss", self.loss, ("l1", "mse", "cross_entropy"))
         check_nonnegative_int("predictor.patience", self.patience)
-        check_number("predictor.val_fraction", self.val_fraction, 0.0, 1.0)
+        if not 0.0 < check_number("predictor.val_fraction", self.val_fraction) < 1.0:
+            raise ValueError(f"predictor.val_fraction must be in (0, 1), got {self.val_fraction}")
         check_positive_int("predictor.hidden", self.hidden)
 
 
@@ -150,7 +147,7 @@ class BasisConfig:
         check_choice("basis.overlap_kind", self.overlap_kind, ("cosine", "standard"))
         check_number("basis.magnitude_weight", self.magnitude_weight)
         check_number("basis.magnitude_clamp", self.magnitude_clamp)
-        _check_bool("basis.normalize", self.normalize)
+        check_bool("basis.normalize", self.normalize)
 
 
 @dataclass
@@ -183,7 +180,7 @@ class CosetConfig:
 
     def __post_init__(self) -> None:
         if self.search is not None:
-            _check_bool("cosets.search", self.search)
+            check_bool("cosets.search", self.search)
         check_positive_int("cosets.candidates", self.candidates)
         check_nonnegative_int("cosets.steps", self.steps)
         check_positive("cosets.lr", self.lr)
@@ -222,7 +219,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.trainer_kwargs, dict):
             raise ValueError(f"trainer_kwargs must be a dict, got {self.trainer_kwargs!r}")
-        _check_bool("resume", self.resume)
+        check_bool("resume", self.resume)
 
 
 @dataclass
@@ -308,8 +305,8 @@ class DiscoverySettings:
         if self.kind is not None:
             check_choice("discovery.kind", self.kind, ("local", "global", "distribution"))
         check_positive_int("discovery.n_generators", self.n_generators)
-        _check_bool("discovery.learn_in_rep", self.learn_in_rep)
-        _check_bool("discovery.learn_out_rep", self.learn_out_rep)
+        check_bool("discovery.learn_in_rep", self.learn_in_rep)
+        check_bool("discovery.learn_out_rep", self.learn_out_rep)
         if self.out_radius is not None:
             check_nonnegative_int("discovery.out_radius", self.out_radius)
         if self.batch_size is not None:

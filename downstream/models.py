@@ -265,6 +265,8 @@ def build_models(
 
     if isinstance(models, Mapping):
         models = ModelsConfig.from_dict(models)
+    if group.d != spec.d:
+        raise ValueError(f"group acts on R^{group.d} but task {spec.name} needs R^{spec.d}")
     family = "sets" if spec.inputs == "sets" else "fields"
     models.check(family, spec.name)
     base = {**MODEL_DEFAULTS[family]["baseline"], **_options(models, "baseline")}

@@ -182,3 +182,38 @@ def test_nested_model_override_merges_into_the_config_and_is_typed(tmp_path, com
         "hidden": ["2*S"],
         "kernel_size": 3,
     }
+
+
+def test_empty_sections_mean_defaults_and_plain_values_are_refused(tmp_path):
+    """`llc:` in a YAML reads as null: the section's defaults, as before typed sections; a
+    plain value where a section belongs (0.2.0's `cosets: false`) names the section."""
+    from atlasd.cli import UsageError, parse
+    from atlasd.discovery.config import PredictorConfig
+    from atlasd.downstream.degeneracy.config import LLCConfig, SamplesConfig
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("task: heat\nsamples:\nllc:\n")
+    cfg = parse(["degeneracy", "--config", str(empty)]).degeneracy
+    assert cfg.samples == SamplesConfig() and cfg.llc == LLCConfig()
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("task: heat\ndiscovery:\n  predictor:\n  basis: {epochs: 7}\n")
+    disc = parse(["discover", "--config", str(nested)]).discover.discovery
+    assert disc.predictor == PredictorConfig() and disc.basis.epochs == 7
+    old = tmp_path / "old.yaml"
+    old.write_text("task: heat\ndiscovery:\n  cosets: false\n")
+    with pytest.raises(UsageError, match=r"discovery.cosets is a section of options \(search,"):
+        parse(["discover", "--config", str(old)])
+    with pytest.raises(UsageError, match=r"predictor.val_fraction must be in \(0, 1\), got 1.0"):
+        parse(["discover", "--discovery.predictor.val_fraction", "1.0"])
+
+
+@pytest.mark.parametrize("command", ["downstream", "degeneracy"])
+def test_report_commands_refuse_an_unknown_task_before_making_the_folder(tmp_path, capsys, command):
+    from atlasd.group import DiscoveredGroup
+
+    group = DiscoveredGroup(so2()).save(tmp_path / "group.json")
+    run_dir = tmp_path / "out"
+    argv = [command, "--task", "wether", "--group", str(group), "--run_dir", str(run_dir)]
+    assert main([*argv, "--logger", "none"]) == 1
+    assert "unknown task 'wether'; known tasks: climate, files, heat" in capsys.readouterr().err
+    assert not run_dir.exists()

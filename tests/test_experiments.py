@@ -1,4 +1,4 @@
-"""Downstream comparison (downstream/experiments.py): report structure, parameter counts,
+"""Downstream comparison (downstream/experiments/): report structure, parameter counts,
 group/task checks, determinism, metrics and report files."""
 
 from __future__ import annotations

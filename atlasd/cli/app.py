@@ -66,6 +66,7 @@ def parse(argv: Sequence[str]) -> Namespace:
     parser = build_parser()
     try:
         cfg = parser.parse_args(argv)
+        _fill_sections(cfg[cfg.command], _module(cfg.command).build().get_defaults())
         # the typed sections become the stages' config dataclasses, which check themselves
         cfg = parser.instantiate(cfg)
     except (argparse.ArgumentError, ValueError, TypeError, KeyError) as exc:
@@ -88,6 +89,25 @@ def parse(argv: Sequence[str]) -> Namespace:
             raise UsageError("invalid arguments: trainer must be a mapping of options")
         sub.trainer = trainer_options(sub.trainer)
     return cfg
+
+
+def _fill_sections(cfg: Namespace, defaults: Namespace, prefix: str = "") -> None:
+    """An empty YAML section (``llc:``) reads as null; for a typed section it means "no
+    options", as it always did: the section's defaults, at any depth. A plain value where a
+    section belongs (0.2.0's ``discovery.cosets: false``) is refused with the section's
+    options named."""
+    for key, default in vars(defaults).items():
+        if not isinstance(default, Namespace) or key not in cfg:
+            continue
+        value = cfg[key]
+        if value is None:
+            cfg[key] = default.clone()
+        elif isinstance(value, Namespace):
+            _fill_sections(value, default, f"{prefix}{key}.")
+        else:
+            raise ValueError(
+                f"{prefix}{key} is a section of options ({', '.join(vars(default))}), got {value!r}"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

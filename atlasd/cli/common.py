@@ -21,6 +21,7 @@ __all__ = [
     "add_trainer_section",
     "bundled_configs",
     "check_creatable",
+    "check_task_name",
     "coerce",
     "fail",
     "one_line",
@@ -142,6 +143,15 @@ def coerce(options: Mapping[str, Any]) -> dict[str, Any]:
         k: yaml.safe_load(v) if isinstance(v, str) else coerce(v) if isinstance(v, dict) else v
         for k, v in options.items()
     }
+
+
+def check_task_name(task: str, data: Mapping[str, Any]) -> None:
+    """Fail before any work on a task name that is neither registered nor a label for a
+    user's DataModule (``data.class_path``)."""
+    from atlasd.datasets import TASKS
+
+    if task not in TASKS and "class_path" not in data:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
 
 
 def check_creatable(folder: Path) -> None:

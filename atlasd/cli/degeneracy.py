@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser, Namespace
 
-from atlasd.cli.common import coerce, subparser
+from atlasd.cli.common import check_task_name, coerce, subparser
 from atlasd.cli.reports import add_run_options, load_group, log, publish
 from atlasd.downstream.degeneracy.config import (
     DegeneracyConfig,
@@ -56,6 +56,7 @@ def build() -> ArgumentParser:
 def run(cfg: Namespace) -> int:
     from atlasd.io import check_writable
 
+    check_task_name(cfg.task, cfg.data or {})
     group = load_group(cfg)
     config = DegeneracyConfig(
         task=cfg.task,

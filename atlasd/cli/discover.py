@@ -17,7 +17,13 @@ from typing import Any
 
 from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
-from atlasd.cli.common import add_trainer_section, check_creatable, coerce, subparser
+from atlasd.cli.common import (
+    add_trainer_section,
+    check_creatable,
+    check_task_name,
+    coerce,
+    subparser,
+)
 from atlasd.discovery.config import DiscoverySettings
 
 __all__ = ["HELP", "build", "check", "run"]
@@ -110,11 +116,9 @@ def _load_datamodule(cfg: Namespace) -> Any:
 
 
 def run(cfg: Namespace) -> int:
-    from atlasd.datasets import TASKS
     from atlasd.io import check_writable, is_global_zero, write_json_atomic
 
-    if cfg.task not in TASKS and "class_path" not in cfg.data:
-        raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    check_task_name(cfg.task, cfg.data)
     run_dir = Path(cfg.run_dir or f"runs/{cfg.task}")
     check_creatable(run_dir)
     # the data first: a bad file or option fails here and leaves no run folder behind

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser, Namespace
 
-from atlasd.cli.common import coerce, subparser
+from atlasd.cli.common import check_task_name, coerce, subparser
 from atlasd.cli.reports import add_run_options, load_group, publish
 from atlasd.downstream.experiments.config import DownstreamConfig, ModelsConfig, TrainingConfig
 
@@ -33,6 +33,7 @@ def build() -> ArgumentParser:
 def run(cfg: Namespace) -> int:
     from atlasd.io import check_writable
 
+    check_task_name(cfg.task, cfg.data or {})
     group = load_group(cfg)
     config = DownstreamConfig(
         task=cfg.task,

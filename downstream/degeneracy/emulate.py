@@ -34,7 +34,7 @@ is reported as a check, not as a discovery.
 
 What this does *not* show by itself: an emulable perturbation turns into a flat direction of the
 loss only if the data distribution is also invariant under it; see the module docs of
-:mod:`atlasd.downstream.llc` for measuring the degeneracy directly.
+:mod:`atlasd.downstream.degeneracy.llc` for measuring the degeneracy directly.
 """
 
 from __future__ import annotations

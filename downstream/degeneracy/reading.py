@@ -323,8 +323,8 @@ def _step_reading(summ: dict[str, Any]) -> list[str]:
             for k, e in moved.items()
         )
         + "): those values carry a step bias (discretisation, or minibatch gradient noise "
-        "heating the chains), so compare them only at equal settings, and lower llc.step or "
-        "raise llc.batch_size for values to quote.",
+        "heating the chains), so compare them only at equal settings, and lower llc.step_size "
+        "or raise llc.batch_size for values to quote.",
         *health,
     ]
 

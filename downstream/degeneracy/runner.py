@@ -87,7 +87,7 @@ def chart_samples(
     dm.setup("fit")
     spec = check_field_task(task_spec(dm, task))
     fields, targets = dm.train_dataset.tensors[:2]
-    atlas = dm.atlas
+    atlas = spec.atlas
     k = atlas.n_charts
     n_fields = fields.shape[0]
     if n_fields * k < n + n_heldout:
